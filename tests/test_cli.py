@@ -1,0 +1,63 @@
+"""The ``scs-gan`` command: help, the layer benchmark, and one-sentence errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "scs_gan", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_help_from_module_and_console_script():
+    result = run("--help")
+    assert result.returncode == 0 and "bench" in result.stdout
+    script = shutil.which("scs-gan", path=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    if script is None:
+        pytest.skip("the scs-gan console script is not installed in this environment")
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0 and "bench" in result.stdout
+
+
+def test_bench_prints_ratios_against_targets(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run("bench", "--batch", "4", "--repeats", "2", "--only", "32->64", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "D 32->64 @32 k4s2" in result.stdout
+    assert "median time ratio, >= 32 input channels" in result.stdout and "target <= 1.25" in result.stdout
+    assert "saved-bytes ratio" in result.stdout
+    record = json.loads(out.read_text())
+    assert record["results"][0]["name"] == "D 32->64 @32 k4s2" and record["results"][0]["scs_ms"] > 0
+    assert set(record["summary"]) == {
+        "median time ratio, >= 32 input channels",
+        "time ratio, first layer",
+        "median saved-bytes ratio",
+        "median sharpen on / off",
+    }
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("bench", "--only", "no-such-layer"), "no benchmark case matches"),
+        (("bench", "--device", "cuda:7"), "no such CUDA device"),
+        (("bench", "--batch", "0"), "must be positive"),
+    ],
+)
+def test_user_errors_are_one_sentence_without_traceback(args, message):
+    result = run(*args)
+    if "cuda" in " ".join(args) and "no such CUDA device" not in result.stderr and result.returncode == 0:
+        pytest.skip("a CUDA device is present")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
