@@ -110,6 +110,8 @@ class CaseResult:
     cosine_ms: float
     torch_saved_mb: float
     scs_saved_mb: float
+    torch_faults: float
+    scs_faults: float
 
     @property
     def time_ratio(self) -> float:
@@ -144,15 +146,37 @@ def run_case(
         for _ in range(3):
             step()
     times: list[list[float]] = [[], [], []]
+    faults = [0, 0, 0]
     for _ in range(repeats):
         for i, step in enumerate(steps):
             _sync(device)
+            before = _minor_faults()
             start = time.perf_counter()
             step()
             _sync(device)
             times[i].append(time.perf_counter() - start)
+            faults[i] += _minor_faults() - before
     torch_ms, scs_ms, cos_ms = (1e3 * statistics.median(t) for t in times)
-    return CaseResult(case.name, torch_ms, scs_ms, cos_ms, saved[0] / 2**20, saved[1] / 2**20)
+    return CaseResult(
+        case.name,
+        torch_ms,
+        scs_ms,
+        cos_ms,
+        saved[0] / 2**20,
+        saved[1] / 2**20,
+        faults[0] / repeats,
+        faults[1] / repeats,
+    )
+
+
+def _minor_faults() -> int:
+    """Page faults of this process so far (fresh memory pages touched); 0 where unavailable."""
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    except (ImportError, OSError):
+        return 0
 
 
 def summarize(results: list[CaseResult]) -> dict[str, float]:
@@ -178,12 +202,13 @@ def format_table(results: list[CaseResult], summary: dict[str, float], header: s
         header,
         "",
         f"{'layer':<22}{'torch ms':>10}{'SCS ms':>10}{'cos ms':>10}{'SCS/torch':>11}{'on/off':>8}"
-        f"{'saved MiB t/SCS':>18}{'saved ratio':>13}",
+        f"{'saved MiB t/SCS':>18}{'saved ratio':>13}{'faults/step t/SCS':>19}",
     ]
     for r in results:
         lines.append(
             f"{r.name:<22}{r.torch_ms:>10.2f}{r.scs_ms:>10.2f}{r.cosine_ms:>10.2f}{r.time_ratio:>11.2f}"
             f"{r.sharpen_ratio:>8.2f}{f'{r.torch_saved_mb:.1f}/{r.scs_saved_mb:.1f}':>18}{r.saved_ratio:>13.2f}"
+            f"{f'{r.torch_faults:.0f}/{r.scs_faults:.0f}':>19}"
         )
     lines.append("")
     for key, value in summary.items():

@@ -17,6 +17,13 @@ def _add_bench(subparsers) -> None:
         description="Forward+backward time and saved-for-backward bytes of SCS layers against the torch layers "
         "of the same shapes, measured side by side (interleaved) in one run, with the ratios and targets.",
     )
+    p.add_argument(
+        "what",
+        nargs="?",
+        choices=["layers", "data"],
+        default="layers",
+        help="layers: SCS against torch layers (default); data: images/s of the data pipeline alone",
+    )
     p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--repeats", type=int, default=20, help="timed rounds per case, after warm-up (default 20)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
@@ -40,6 +47,12 @@ def _run_bench(args: argparse.Namespace) -> int:
         raise UserError("--batch and --repeats must be positive")
     tuned = False if args.no_tune_malloc else tune_cpu_allocator()
     print(f"allocator: {'glibc, tuned to keep freed memory' if tuned else 'default'}")
+    if args.what == "data":
+        from .data import bench as data_bench
+
+        for line in data_bench.run(batch=args.batch):
+            print(line, flush=True)
+        return 0
     return bench.main(
         batch=args.batch,
         repeats=args.repeats,
@@ -51,6 +64,28 @@ def _run_bench(args: argparse.Namespace) -> int:
     )
 
 
+def _add_data(subparsers) -> None:
+    p = subparsers.add_parser(
+        "data",
+        help="load a dataset and print its summary (name, count, resolution, channels, fingerprint)",
+        description="Load a dataset as training would and print its summary. Options are dotted overrides of "
+        "the data section, e.g.: scs-gan data data.name=folder data.path=~/faces data.resolution=64 "
+        "data.channels=3",
+    )
+    p.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE", help="data options")
+    p.set_defaults(func=_run_data)
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from .config import apply_overrides
+    from .data import DataConfig, build_dataset
+
+    config = apply_overrides(DataConfig(), args.overrides, prefix="data")
+    dataset = build_dataset(config)
+    print(dataset.summary_line())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``scs-gan`` command, with all its subcommands."""
     parser = argparse.ArgumentParser(
@@ -60,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"scs-gan {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_bench(subparsers)
+    _add_data(subparsers)
     return parser
 
 

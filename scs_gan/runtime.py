@@ -16,10 +16,9 @@ def tune_cpu_allocator() -> bool:
 
     PyTorch on the CPU allocates and frees the same large activation buffers every training step. With
     glibc's defaults, buffers above a threshold come from fresh ``mmap`` pages, and touching fresh pages
-    costs page faults: measured here, ``nn.Conv2d`` forward+backward on a 64x64x16x16 input spent a third
-    of its time in them (about 4,000 faults per step). Raising the mmap and trim thresholds removes
-    them (the same effect PyTorch's CPU tuning guide gets from jemalloc or tcmalloc). Returns whether the
-    setting was applied (only on Linux with glibc).
+    costs page faults (``scs-gan bench --no-tune-malloc`` shows hundreds to thousands per layer step in its
+    ``faults/step`` column). Raising the mmap and trim thresholds removes them (the effect PyTorch's CPU
+    tuning guide gets from jemalloc or tcmalloc). Returns whether the setting was applied (Linux, glibc).
     """
     if not sys.platform.startswith("linux"):
         return False
