@@ -86,6 +86,46 @@ def _run_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a GAN (default: the SCS-GAN on the embedded mnist5k digits)",
+        description="Train a GAN. Options come from the defaults, then --config, then dotted overrides such as "
+        "train.batch=128 model.g.channels=32. Multi-GPU: accelerate launch --multi_gpu --num_processes N "
+        "-m scs_gan train ...",
+    )
+    p.add_argument("--config", metavar="YAML", help="a run configuration (see configs/)")
+    p.add_argument(
+        "--resume",
+        metavar="latest|PATH",
+        help="continue a run: 'latest', a run directory or a checkpoint; restores everything, bit for bit",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .runtime import tune_cpu_allocator
+    from .training.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    if args.dry_run:
+        from .config import dump_yaml
+
+        print(dump_yaml(config), end="")
+        return 0
+    tune_cpu_allocator()
+    from .training.loop import TrainingStopped, train
+
+    try:
+        train(config, resume=args.resume)
+    except TrainingStopped as stopped:
+        print(f"scs-gan: {stopped}", file=sys.stderr)
+        return stopped.exit_code
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``scs-gan`` command, with all its subcommands."""
     parser = argparse.ArgumentParser(
@@ -94,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"scs-gan {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train(subparsers)
     _add_bench(subparsers)
     _add_data(subparsers)
     return parser
@@ -102,7 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``scs-gan`` and ``python -m scs_gan``; returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # section.key=value overrides may come before or after options such as --resume
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     if args.command is None:
         parser.print_help()
         return 0

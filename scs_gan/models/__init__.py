@@ -1,0 +1,27 @@
+"""SCS discriminators and transposed-SCS generators, with DCGAN and cosine-only baselines of the same topology."""
+
+from .networks import (
+    Discriminator,
+    DiscriminatorConfig,
+    Gain,
+    Generator,
+    GeneratorConfig,
+    ModelConfig,
+    build_discriminator,
+    build_generator,
+    count_parameters,
+    scs_layers,
+)
+
+__all__ = [
+    "Discriminator",
+    "DiscriminatorConfig",
+    "Gain",
+    "Generator",
+    "GeneratorConfig",
+    "ModelConfig",
+    "build_discriminator",
+    "build_generator",
+    "count_parameters",
+    "scs_layers",
+]

@@ -1,0 +1,288 @@
+"""Generators and discriminators of one DCGAN topology, built from SCS, cosine or convolution layers.
+
+Topology for resolution ``R`` (a power of two, >= 8) and base width ``w``:
+
+* Generator: latent ``z`` (``1x1``) -> transposed layer k4 s1 to ``4x4`` -> transposed layers k4 s2 p1 that
+  double the size and halve the channels -> at ``R/2`` one more k4 s2 p1 layer to the image channels ->
+  ``tanh``. The widths are ``w * 2**i`` counted from the image end (capped at ``max_channels``).
+* Discriminator: the mirror image: k4 s2 p1 layers from ``R`` down to ``4x4`` with widths ``w, 2w, ...``,
+  then a k4 layer to one ``1x1`` logit.
+
+The layer ``kind`` decides what the layers are: ``scs`` (sharpened cosine similarity), ``cosine`` (the
+same with sharpening off) or ``conv`` (the DCGAN baseline: convolutions with batch norm and (leaky) ReLU).
+SCS and cosine networks use no normalisation (SCS practice) but, by default, a LeakyReLU between layers
+(measured: without it the SCS generator failed to learn MNIST), and end in a learned gain and bias, since
+their outputs are cosines bounded by 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UserError
+from ..nn import MaxAbsPool2d, SCS2d, SCSTranspose2d
+
+Kind = Literal["scs", "cosine", "conv"]
+Activation = Literal["none", "relu", "lrelu", "abs"]
+
+
+@dataclass
+class GeneratorConfig:
+    """The generator's architecture (``model.g.*``).
+
+    Attributes:
+        kind: ``scs``, ``cosine`` (sharpening off) or ``conv`` (DCGAN: transposed conv + batch norm + ReLU).
+        channels: width of the last hidden layer (at half the resolution); doubles towards the latent.
+        max_channels: cap on any layer's width.
+        activation: between layers; ``auto`` is ``relu`` for conv (DCGAN) and ``lrelu`` (LeakyReLU 0.2) for
+            scs/cosine: without it the SCS generator did not learn MNIST (docs/RESULTS.md).
+        p_init, p_floor, q_init: initial exponent, its floor and the initial norm floor of SCS layers.
+        out_gain: initial value of the learned gain before ``tanh`` (scs/cosine).
+        gain_lr_mul: learning-rate multiplier of that gain and its bias (see :class:`Gain`).
+    """
+
+    kind: Kind = "scs"
+    channels: int = 32
+    max_channels: int = 256
+    activation: Literal["auto", "none", "relu", "lrelu", "abs"] = "auto"
+    p_init: float = 1.5
+    p_floor: float = 1.0
+    q_init: float = 0.1
+    out_gain: float = 2.0
+    gain_lr_mul: float = 50.0
+
+
+@dataclass
+class DiscriminatorConfig:
+    """The discriminator's architecture (``model.d.*``).
+
+    Attributes:
+        kind: ``scs``, ``cosine`` or ``conv`` (DCGAN: conv + batch norm + LeakyReLU(0.2)).
+        channels: width of the first layer; doubles at every halving of the resolution.
+        max_channels: cap on any layer's width.
+        downsample: ``stride`` (k4 s2 layers) or ``maxabspool`` (k3 s1 layers, then MaxAbsPool2d(2)).
+        activation: ``auto`` is ``lrelu`` (LeakyReLU 0.2) for every kind (measured better than none for SCS).
+        p_init, p_floor, q_init: as for the generator.
+        out_gain: initial value of the learned gain of the logit (scs/cosine).
+        gain_lr_mul: learning-rate multiplier of that gain and its bias.
+    """
+
+    kind: Kind = "scs"
+    channels: int = 32
+    max_channels: int = 256
+    downsample: Literal["stride", "maxabspool"] = "stride"
+    activation: Literal["auto", "none", "relu", "lrelu", "abs"] = "auto"
+    p_init: float = 1.5
+    p_floor: float = 1.0
+    q_init: float = 0.1
+    out_gain: float = 4.0
+    gain_lr_mul: float = 50.0
+
+
+@dataclass
+class ModelConfig:
+    """Both networks (``model.*``): latent size, image shape (from the data section) and architectures."""
+
+    z_dim: int = 128
+    g: GeneratorConfig = field(default_factory=GeneratorConfig)
+    d: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+
+
+class Gain(nn.Module):
+    """``y = gain * x + bias`` with one learned scalar gain and bias: rescales bounded cosine outputs.
+
+    Adam moves every parameter by about the learning rate per step, far too slowly for a scalar that has
+    to travel by whole units; ``lr_mul`` stores both scaled down by that factor (StyleGAN's equalised
+    learning rate), so they move ``lr_mul`` times faster.
+    """
+
+    def __init__(self, gain: float = 1.0, lr_mul: float = 1.0) -> None:
+        super().__init__()
+        self.init_gain, self.lr_mul = float(gain), float(lr_mul)
+        self.gain_raw = nn.Parameter(torch.tensor(float(gain) / lr_mul))
+        self.bias_raw = nn.Parameter(torch.zeros(()))
+
+    @property
+    def gain(self) -> Tensor:
+        return self.gain_raw * self.lr_mul
+
+    @property
+    def bias(self) -> Tensor:
+        return self.bias_raw * self.lr_mul
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.addcmul(self.bias, x, self.gain)
+
+    def extra_repr(self) -> str:
+        return f"init_gain={self.init_gain}, lr_mul={self.lr_mul}"
+
+
+class Abs(nn.Module):
+    """``|x|``: the activation the one prior SCS-GAN used in its discriminator."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.abs()
+
+
+def _activation(name: str) -> nn.Module | None:
+    return {
+        "none": None,
+        "relu": nn.ReLU(),
+        "lrelu": nn.LeakyReLU(0.2),
+        "abs": Abs(),
+    }[name]
+
+
+def _levels(resolution: int) -> int:
+    """Number of k4 s2 resampling layers between ``4x4`` and ``resolution``."""
+    if resolution < 8 or resolution & (resolution - 1):
+        raise UserError(f"data.resolution must be a power of two >= 8 for these networks, got {resolution}")
+    return int(math.log2(resolution)) - 2
+
+
+def _width(base: int, level: int, cap: int) -> int:
+    return min(base * 2**level, cap)
+
+
+class Generator(nn.Module):
+    """Latent codes ``(N, z_dim)`` to images ``(N, C, R, R)`` in [-1, 1]; see the module docstring."""
+
+    def __init__(self, config: GeneratorConfig, z_dim: int, resolution: int, channels: int) -> None:
+        super().__init__()
+        if config.channels < 1 or config.max_channels < 1 or z_dim < 1:
+            raise UserError("model.g.channels, model.g.max_channels and model.z_dim must be positive")
+        self.config, self.z_dim, self.resolution, self.img_channels = config, z_dim, resolution, channels
+        levels = _levels(resolution)
+        kind = config.kind
+        activation = config.activation if config.activation != "auto" else ("relu" if kind == "conv" else "lrelu")
+        widths = [_width(config.channels, levels - 1 - i, config.max_channels) for i in range(levels)]
+        layers: list[nn.Module] = []
+        in_ch = z_dim
+        for i, out_ch in enumerate(widths):
+            stride, padding = (1, 0) if i == 0 else (2, 1)
+            layers.append(self._layer(in_ch, out_ch, stride, padding, bias=False))
+            if kind == "conv":
+                layers.append(nn.BatchNorm2d(out_ch))
+            act = _activation(activation)
+            if act is not None:
+                layers.append(act)
+            in_ch = out_ch
+        layers.append(self._layer(in_ch, channels, 2, 1, bias=kind == "conv"))
+        if kind != "conv":
+            layers.append(Gain(config.out_gain, config.gain_lr_mul))
+        layers.append(nn.Tanh())
+        self.net = nn.Sequential(*layers)
+
+    def _layer(self, in_ch: int, out_ch: int, stride: int, padding: int, bias: bool) -> nn.Module:
+        c = self.config
+        if c.kind == "conv":
+            return nn.ConvTranspose2d(in_ch, out_ch, 4, stride, padding, bias=bias)
+        return SCSTranspose2d(
+            in_ch,
+            out_ch,
+            4,
+            stride,
+            padding,
+            bias=bias,
+            p_init=c.p_init,
+            p_floor=c.p_floor,
+            q_init=c.q_init,
+            sharpen=c.kind == "scs",
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z.view(z.shape[0], self.z_dim, 1, 1))
+
+
+class Discriminator(nn.Module):
+    """Images ``(N, C, R, R)`` to logits ``(N,)``; see the module docstring."""
+
+    def __init__(self, config: DiscriminatorConfig, resolution: int, channels: int) -> None:
+        super().__init__()
+        if config.channels < 1 or config.max_channels < 1:
+            raise UserError("model.d.channels and model.d.max_channels must be positive")
+        self.config, self.resolution, self.img_channels = config, resolution, channels
+        levels = _levels(resolution)
+        kind = config.kind
+        activation = "lrelu" if config.activation == "auto" else config.activation
+        layers: list[nn.Module] = []
+        in_ch = channels
+        for i in range(levels):
+            out_ch = _width(config.channels, i, config.max_channels)
+            if config.downsample == "maxabspool" and kind != "conv":
+                layers += [self._layer(in_ch, out_ch, 3, 1, 1), MaxAbsPool2d(2)]
+            else:
+                layers.append(self._layer(in_ch, out_ch, 4, 2, 1))
+            if kind == "conv" and i > 0:
+                layers.append(nn.BatchNorm2d(out_ch))
+            act = _activation(activation)
+            if act is not None:
+                layers.append(act)
+            in_ch = out_ch
+        layers.append(self._layer(in_ch, 1, 4, 1, 0, bias=kind == "conv"))
+        if kind != "conv":
+            layers.append(Gain(config.out_gain, config.gain_lr_mul))
+        self.net = nn.Sequential(*layers)
+
+    def _layer(self, in_ch: int, out_ch: int, k: int, stride: int, padding: int, bias: bool = False) -> nn.Module:
+        c = self.config
+        if c.kind == "conv":
+            return nn.Conv2d(in_ch, out_ch, k, stride, padding, bias=bias)
+        return SCS2d(
+            in_ch,
+            out_ch,
+            k,
+            stride,
+            padding,
+            bias=bias,
+            p_init=c.p_init,
+            p_floor=c.p_floor,
+            q_init=c.q_init,
+            sharpen=c.kind == "scs",
+        )
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images).view(images.shape[0])
+
+
+def init_dcgan_weights(module: nn.Module) -> None:
+    """DCGAN's initialisation for the convolution baseline: N(0, 0.02) weights, BN gains N(1, 0.02)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def build_generator(model: ModelConfig, resolution: int, channels: int) -> Generator:
+    """The generator ``model`` describes, for images of ``resolution`` and ``channels``."""
+    g = Generator(model.g, model.z_dim, resolution, channels)
+    if model.g.kind == "conv":
+        init_dcgan_weights(g)
+    return g
+
+
+def build_discriminator(model: ModelConfig, resolution: int, channels: int) -> Discriminator:
+    """The discriminator ``model`` describes."""
+    d = Discriminator(model.d, resolution, channels)
+    if model.d.kind == "conv":
+        init_dcgan_weights(d)
+    return d
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def scs_layers(module: nn.Module) -> dict[str, nn.Module]:
+    """The SCS layers of ``module`` by name (for the p and q statistics)."""
+    return {n: m for n, m in module.named_modules() if isinstance(m, SCS2d | SCSTranspose2d)}

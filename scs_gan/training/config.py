@@ -1,0 +1,113 @@
+"""The whole run as one serialisable object: data, model and training options with their defaults.
+
+The defaults are the default SCS-GAN on mnist5k (``configs/default.yaml`` spells them out). A run is
+configured by an optional YAML file plus dotted overrides: ``scs-gan train --config configs/x.yaml
+train.batch=128 model.g.channels=32``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..config import apply_overrides, from_dict, load_yaml
+from ..data import DataConfig
+from ..errors import UserError
+from ..models import ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    """Training options (``train.*``). Lengths are in thousands of real images shown to D (kimg).
+
+    Attributes:
+        kimg: training length.
+        batch: images per optimiser step over all processes; batch_gpu: per process and micro-batch
+            (default: batch / processes); gradients are accumulated exactly over the micro-batches.
+        g_lr, d_lr, betas: Adam settings.
+        loss: ``logistic`` (non-saturating) or ``hinge``.
+        r1_gamma: R1 penalty weight (0 = off), applied lazily every r1_interval D steps.
+        ema_kimg, ema_rampup: half-life of the generator EMA in kimg, and its ramp-up (null = none).
+        mixed_precision: ``no``, ``bf16`` or ``fp16``.
+        seed: seeds models, data order and latents (per process).
+        tick_kimg: progress/statistics interval; snapshot_ticks: sample grid + G_ema snapshot interval;
+            checkpoint_ticks: resumable checkpoint interval; keep_checkpoints: how many to keep.
+        nan_patience: stop (with a checkpoint) after this many consecutive non-finite steps.
+        grid_seeds: fixed latents (seeds 0..N-1) for the sample grids.
+        runs_dir: where run directories are created; desc: their description (default from the config).
+        progress: show a progress bar.
+    """
+
+    kimg: float = 200.0
+    batch: int = 64
+    batch_gpu: int | None = None
+    g_lr: float = 2e-4
+    d_lr: float = 2e-4
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    loss: Literal["logistic", "hinge"] = "logistic"
+    r1_gamma: float = 0.0
+    r1_interval: int = 16
+    ema_kimg: float = 5.0
+    ema_rampup: float | None = 0.05
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    seed: int = 0
+    tick_kimg: float = 4.0
+    snapshot_ticks: int = 5
+    checkpoint_ticks: int = 5
+    keep_checkpoints: int = 2
+    nan_patience: int = 10
+    grid_seeds: int = 64
+    runs_dir: str = "runs"
+    desc: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; saved as ``config.yaml`` in its run directory and inside every snapshot."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        """Cross-field checks that single fields cannot express."""
+        self.data.validate()
+        t = self.train
+        if t.kimg <= 0 or t.tick_kimg <= 0:
+            raise UserError("train.kimg and train.tick_kimg must be positive")
+        if t.batch < 1 or (t.batch_gpu is not None and t.batch_gpu < 1):
+            raise UserError("train.batch and train.batch_gpu must be positive")
+        if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+            raise UserError(f"train.betas must be two numbers in [0, 1), got {t.betas}")
+        if t.g_lr <= 0 or t.d_lr <= 0:
+            raise UserError("train.g_lr and train.d_lr must be positive")
+        if t.r1_gamma < 0 or t.r1_interval < 1:
+            raise UserError("train.r1_gamma must be >= 0 and train.r1_interval >= 1")
+        if min(t.snapshot_ticks, t.checkpoint_ticks, t.keep_checkpoints, t.nan_patience, t.grid_seeds) < 1:
+            raise UserError(
+                "train.snapshot_ticks, checkpoint_ticks, keep_checkpoints, nan_patience and grid_seeds "
+                "must be at least 1"
+            )
+        if t.tick_kimg * t.snapshot_ticks < 1:
+            raise UserError(
+                "snapshots must be at least 1 kimg apart, since their files are named by kimg: raise "
+                f"train.tick_kimg ({t.tick_kimg}) or train.snapshot_ticks ({t.snapshot_ticks})"
+            )
+        if self.model.z_dim < 1:
+            raise UserError("model.z_dim must be positive")
+
+    def describe(self) -> str:
+        """A short run description: dataset, resolution and the two network kinds."""
+        g, d = self.model.g.kind, self.model.d.kind
+        nets = g if g == d else f"{d}D-{g}G"
+        return f"{self.data.name}{self.data.resolution}-{nets}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults, then the YAML file (if any), then the overrides; validated."""
+    config = from_dict(RunConfig, load_yaml(path)) if path else RunConfig()
+    config = apply_overrides(config, overrides or [])
+    config.validate()
+    return config

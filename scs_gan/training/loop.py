@@ -1,0 +1,557 @@
+"""The training loop: mechanics only (the maths is in losses.py, the networks in scs_gan.models).
+
+One step = one discriminator update and one generator update on ``train.batch`` real images over all
+processes, each process working through micro-batches of ``train.batch_gpu`` with exact gradient
+accumulation. Every ``train.tick_kimg`` the loop writes a line of statistics; every few ticks a sample grid
+from the EMA generator, an inference snapshot and a resumable checkpoint. See the README for the run
+directory and for resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import json
+import math
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, set_seed
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..config import dump_yaml, from_dict, load_yaml, to_dict
+from ..data import InfiniteLoader, build_dataset, to_float
+from ..data.dataset import spread_subset
+from ..errors import UserError
+from ..io import atomic_write_text
+from ..latents import latents_for_seeds
+from ..models import build_discriminator, build_generator, count_parameters, scs_layers
+from ..snapshot import save_snapshot
+from .config import RunConfig
+from .ema import ema_beta, update_ema
+from .losses import d_loss, g_loss, r1_penalty
+from .rundir import (
+    RunLog,
+    append_jsonl,
+    create_run_dir,
+    prune_checkpoints,
+    resolve_resume,
+    save_image_grid,
+    truncate_jsonl,
+)
+
+
+class TrainingStopped(Exception):
+    """The run stopped early with its state saved; ``exit_code`` tells the CLI what to return."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class Progress:
+    """Counters that, with the checkpointed models, optimisers and RNG states, define where a run is."""
+
+    cur_nimg: int = 0
+    step: int = 0
+    tick: int = 0
+    tick_start_nimg: int = 0
+    nan_skips: int = 0
+    consecutive_bad: int = 0
+    elapsed_s: float = 0.0
+    loader: dict[str, Any] = field(default_factory=lambda: {"batches_done": 0})
+    tracker_run_id: str | None = None
+
+
+class _StopSignals:
+    """Turns SIGINT/SIGTERM into a flag checked at step boundaries; a second signal stops at once."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _parse_resume_overrides(saved: RunConfig, given: RunConfig) -> RunConfig:
+    """On resume, the run's own config wins; only train.* options that do not change the maths may differ."""
+    allowed = {
+        "kimg",
+        "tick_kimg",
+        "snapshot_ticks",
+        "checkpoint_ticks",
+        "keep_checkpoints",
+        "progress",
+        "nan_patience",
+    }
+    saved_d, given_d = to_dict(saved), to_dict(given)
+    for section in ("data", "model", "train"):
+        for key, value in given_d[section].items():
+            if value != saved_d[section][key] and given_d[section][key] != to_dict(RunConfig())[section][key]:
+                if section == "train" and key in allowed:
+                    saved_d[section][key] = value
+                elif section == "train" and key in ("runs_dir", "desc"):
+                    continue
+                else:
+                    raise UserError(
+                        f"{section}.{key} cannot change when resuming (the run used {saved_d[section][key]!r}); "
+                        "start a new run instead"
+                    )
+    return from_dict(RunConfig, saved_d)
+
+
+def _layer_stats(modules: dict[str, nn.Module]) -> dict[str, Any]:
+    """Mean/min/max of p and q for every SCS layer: the signature of sharpening."""
+    stats: dict[str, Any] = {"p": {}, "q": {}}
+    for net, module in modules.items():
+        for name, layer in scs_layers(module).items():
+            key = f"{net}.{name}"
+            with torch.no_grad():
+                p, q = layer.p.float(), layer.q.float()
+            if layer.sharpen:
+                stats["p"][key] = {"mean": p.mean().item(), "min": p.min().item(), "max": p.max().item()}
+            stats["q"][key] = {"mean": q.item(), "min": q.item(), "max": q.item()}
+    return stats
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+    except (ImportError, OSError):
+        return float("nan")
+
+
+def _checksums(modules: list[nn.Module]) -> Tensor:
+    """Per-tensor sums and sums of squares in float64: identical replicas give identical vectors."""
+    values = []
+    for module in modules:
+        for t in module.state_dict().values():
+            if t.is_floating_point():
+                values += [t.double().sum(), t.double().square().sum()]
+    return torch.stack(values)
+
+
+def _all_true(accelerator: Accelerator, flags: list[bool]) -> list[bool]:
+    """Logical AND of each flag over all processes (every process must call this)."""
+    local = torch.tensor([1.0 if f else 0.0 for f in flags], device=accelerator.device)
+    if accelerator.num_processes == 1:
+        return flags
+    gathered = accelerator.gather(local.unsqueeze(0))
+    return [bool(v) for v in gathered.min(dim=0).values.tolist()]
+
+
+def _grads_finite(module: nn.Module) -> bool:
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
+class Trainer:
+    """Holds the state of one run; ``run()`` trains until ``train.kimg`` or until stopped."""
+
+    def __init__(self, config: RunConfig, resume: str | None = None) -> None:
+        self.accelerator = Accelerator(mixed_precision=config.train.mixed_precision)
+        acc = self.accelerator
+        self.main = acc.is_main_process
+        checkpoint = None
+        if resume is not None:
+            checkpoint = resolve_resume(resume, config.train.runs_dir)
+            run_dir = checkpoint.parent.parent
+            saved = from_dict(RunConfig, load_yaml(run_dir / "config.yaml"))
+            config = _parse_resume_overrides(saved, config)
+        else:
+            run_dir = (
+                create_run_dir(config.train.runs_dir, config.train.desc or config.describe()) if self.main else None
+            )
+            run_dir = broadcast_object_list([run_dir])[0]
+        self.config, self.run_dir, self.checkpoint = config, Path(run_dir), checkpoint
+        self.log = RunLog(self.run_dir / "log.txt" if self.main else None, sys.stdout if self.main else None)
+        t = config.train
+        self.batch_gpu, self.accum = self._batch_split()
+        if self.main and checkpoint is None:
+            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(config))
+
+        with acc.main_process_first():
+            self.dataset = build_dataset(config.data)
+        torch.manual_seed(t.seed)  # identical initial weights on every process
+        generator = build_generator(config.model, config.data.resolution, config.data.channels)
+        discriminator = build_discriminator(config.model, config.data.resolution, config.data.channels)
+        opt_g = torch.optim.Adam(generator.parameters(), lr=t.g_lr, betas=tuple(t.betas))
+        opt_d = torch.optim.Adam(discriminator.parameters(), lr=t.d_lr, betas=tuple(t.betas))
+        self.G, self.D, self.opt_G, self.opt_D = acc.prepare(generator, discriminator, opt_g, opt_d)
+        self.G_ema = copy.deepcopy(acc.unwrap_model(self.G)).eval().requires_grad_(False)
+        self.loader = InfiniteLoader(
+            self.dataset,
+            self.batch_gpu,
+            seed=t.seed,
+            rank=acc.process_index,
+            world_size=acc.num_processes,
+            workers=config.data.workers if self.dataset.images is None else 0,
+            hflip=config.data.hflip,
+            pin_memory=acc.device.type == "cuda",
+        )
+        self.progress = Progress()
+        self.grid_latents = latents_for_seeds(range(t.grid_seeds), config.model.z_dim, acc.device)
+        if checkpoint is not None:
+            self._load_checkpoint(checkpoint)
+        else:
+            set_seed(t.seed, device_specific=True)  # different latents on every process
+        self.stop = _StopSignals()
+
+    # ------------------------------------------------------------------------------------------- setup
+
+    def _batch_split(self) -> tuple[int, int]:
+        t, world = self.config.train, self.accelerator.num_processes
+        batch_gpu = t.batch_gpu or t.batch // world
+        if batch_gpu < 1 or t.batch % (batch_gpu * world):
+            raise UserError(
+                f"train.batch ({t.batch}) must be a multiple of train.batch_gpu ({batch_gpu}) times the number of "
+                f"processes ({world})"
+            )
+        return batch_gpu, t.batch // (batch_gpu * world)
+
+    def _describe_start(self) -> None:
+        c, acc = self.config, self.accelerator
+        g_params = count_parameters(acc.unwrap_model(self.G))
+        d_params = count_parameters(acc.unwrap_model(self.D))
+        self.log(f"run directory: {self.run_dir}")
+        self.log(self.dataset.summary_line())
+        self.log(
+            f"generator: {c.model.g.kind}, {g_params:,} parameters; "
+            f"discriminator: {c.model.d.kind}, {d_params:,} parameters"
+        )
+        self.log(
+            f"{acc.num_processes} process(es) on {acc.device.type}, batch {c.train.batch} = {self.batch_gpu} per "
+            f"process x {acc.num_processes} x {self.accum} accumulation step(s), mixed precision "
+            f"{c.train.mixed_precision}, {c.train.kimg:g} kimg"
+        )
+
+    # ---------------------------------------------------------------------------------------- one step
+
+    def _micro_batches(self) -> list[Tensor]:
+        return [to_float(next(self.loader), self.accelerator.device) for _ in range(self.accum)]
+
+    def _z(self) -> Tensor:
+        return torch.randn(self.batch_gpu, self.config.model.z_dim, device=self.accelerator.device)
+
+    def _d_step(self, reals: list[Tensor], do_r1: bool) -> tuple[float, float | None, bool]:
+        acc, t = self.accelerator, self.config.train
+        total, r1_total = 0.0, 0.0
+        for i, real in enumerate(reals):
+            sync = contextlib.nullcontext() if i == len(reals) - 1 else acc.no_sync(self.D)
+            with sync:
+                with torch.no_grad():
+                    fake = self.G(self._z())
+                if do_r1:
+                    real = real.detach().requires_grad_(True)
+                real_logits = self.D(real)
+                loss = d_loss(t.loss, real_logits, self.D(fake.detach()))
+                if do_r1:
+                    scale = acc.scaler.get_scale() if acc.scaler is not None else 1.0
+                    penalty = r1_penalty(real_logits, real, scale)
+                    loss = loss + penalty * (t.r1_gamma / 2) * t.r1_interval
+                    r1_total += penalty.item() / len(reals)
+                acc.backward(loss / len(reals))
+                total += loss.item() / len(reals)
+        return total, (r1_total if do_r1 else None), math.isfinite(total)
+
+    def _g_step(self) -> tuple[float, bool]:
+        acc, t = self.accelerator, self.config.train
+        total = 0.0
+        self.D.requires_grad_(False)
+        try:
+            for i in range(self.accum):
+                sync = contextlib.nullcontext() if i == self.accum - 1 else acc.no_sync(self.G)
+                with sync, acc.no_sync(self.D):
+                    loss = g_loss(t.loss, self.D(self.G(self._z())))
+                    acc.backward(loss / self.accum)
+                    total += loss.item() / self.accum
+        finally:
+            self.D.requires_grad_(True)
+        return total, math.isfinite(total)
+
+    def _apply(self, optimizer, module: nn.Module, ok: bool) -> None:
+        if ok:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> tuple[dict[str, float | None], bool]:
+        """One D update and one G update; returns the losses and whether any process was asked to stop."""
+        t, p = self.config.train, self.progress
+        do_r1 = t.r1_gamma > 0 and p.step % t.r1_interval == 0
+        loss_d, r1, ok_d = self._d_step(self._micro_batches(), do_r1)
+        check_grads = t.mixed_precision != "fp16"  # under fp16 the gradient scaler skips inf steps itself
+        ok_d = ok_d and (not check_grads or _grads_finite(self.D))
+        ok_d, no_signal = _all_true(self.accelerator, [ok_d, self.stop.received is None])
+        self._apply(self.opt_D, self.D, ok_d)
+        loss_g, ok_g = self._g_step()
+        ok_g = ok_g and (not check_grads or _grads_finite(self.G))
+        (ok_g,) = _all_true(self.accelerator, [ok_g])
+        self._apply(self.opt_G, self.G, ok_g)
+        p.cur_nimg += t.batch
+        p.step += 1
+        beta = ema_beta(t.batch, t.ema_kimg, p.cur_nimg, t.ema_rampup)
+        update_ema(self.G_ema, self.accelerator.unwrap_model(self.G), beta)
+        if ok_d and ok_g:
+            p.consecutive_bad = 0
+        else:
+            p.nan_skips += 1
+            p.consecutive_bad += 1
+        p.loader = self.loader.state_dict()
+        return {"loss_D": loss_d, "loss_G": loss_g, "r1": r1}, not no_signal
+
+    # ------------------------------------------------------------------------------------ checkpoints
+
+    def _checkpoint_name(self) -> str:
+        return f"checkpoint-{self.progress.cur_nimg:09d}"
+
+    def save_checkpoint(self) -> Path:
+        """Full training state (collective: every process must call it); appears atomically when complete."""
+        acc = self.accelerator
+        folder = self.run_dir / "checkpoints"
+        final = folder / self._checkpoint_name()
+        tmp = folder / f".tmp-{final.name}"
+        if self.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            folder.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        if self.main:
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in self.G_ema.state_dict().items()},
+                str(tmp / "ema.safetensors"),
+            )
+            (tmp / "progress.json").write_text(json.dumps(self.progress.__dict__, indent=1))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            prune_checkpoints(self.run_dir, self.config.train.keep_checkpoints)
+        acc.wait_for_everyone()
+        return final
+
+    def _load_checkpoint(self, checkpoint: Path) -> None:
+        try:
+            self.accelerator.load_state(str(checkpoint))
+            self.G_ema.load_state_dict(load_file(str(checkpoint / "ema.safetensors")))
+            self.progress = Progress(**json.loads((checkpoint / "progress.json").read_text()))
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as error:
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UserError(f"cannot resume from {checkpoint}: it is damaged or from another run ({first})") from None
+        self.loader.load_state_dict(self.progress.loader)
+        if self.main:
+            kimg = self.progress.cur_nimg / 1000
+            truncate_jsonl(self.run_dir / "stats.jsonl", lambda r: r.get("kimg", 0) <= kimg + 1e-9)
+
+    # ---------------------------------------------------------------------------------- ticks & outputs
+
+    def _save_fakes(self) -> None:
+        if not self.main:
+            return
+        with torch.no_grad():
+            images = torch.cat([self.G_ema(z) for z in self.grid_latents.split(64)])
+        kimg = round(self.progress.cur_nimg / 1000)
+        save_image_grid(images, self.run_dir / f"fakes{kimg:06d}.png")
+
+    def _save_snapshot(self) -> Path:
+        kimg = round(self.progress.cur_nimg / 1000)
+        path = self.run_dir / "snapshots" / f"network-snapshot-{kimg:06d}.safetensors"
+        if self.main:
+            save_snapshot(
+                path,
+                self.G_ema,
+                self.config,
+                {"kimg": self.progress.cur_nimg / 1000, "dataset": self.dataset.summary()},
+            )
+        return path
+
+    def _write_start_files(self) -> None:
+        if not self.main:
+            return
+        atomic_write_text(self.run_dir / "dataset.json", json.dumps(self.dataset.summary(), indent=2))
+        count = min(self.config.train.grid_seeds, len(self.dataset))
+        reals = torch.stack([self.dataset[int(i)] for i in spread_subset(len(self.dataset), count)])
+        save_image_grid(to_float(reals), self.run_dir / "reals.png")
+
+    def _tick_record(self, sums: dict[str, list[float]], tick_time: float) -> dict[str, Any]:
+        acc, p = self.accelerator, self.progress
+        means = {}
+        for key, values in sums.items():
+            local = torch.tensor([sum(values), float(len(values))], device=acc.device, dtype=torch.float64)
+            total = acc.reduce(local, reduction="sum") if acc.num_processes > 1 else local
+            means[key] = (total[0] / total[1]).item() if total[1] > 0 else None
+        nimg = p.cur_nimg - p.tick_start_nimg
+        record = {
+            "tick": p.tick,
+            "kimg": p.cur_nimg / 1000,
+            "step": p.step,
+            "time_s": round(p.elapsed_s, 3),
+            "sec_per_tick": round(tick_time, 3),
+            "sec_per_kimg": round(tick_time / max(nimg / 1000, 1e-9), 3),
+            "images_per_s": round(nimg / max(tick_time, 1e-9), 1),
+            "peak_mem_mb": round(_peak_memory_mb(acc.device), 1),
+            "nan_skips": p.nan_skips,
+            **means,
+            **_layer_stats({"G": acc.unwrap_model(self.G), "D": acc.unwrap_model(self.D)}),
+        }
+        return record
+
+    # -------------------------------------------------------------------------------------------- run
+
+    def run(self) -> Path:
+        """Train until ``train.kimg``; returns the run directory."""
+        t, p = self.config.train, self.progress
+        total_nimg = int(t.kimg * 1000)
+        self._describe_start()
+        if self.checkpoint is not None:
+            self.log(f"resumed from {self.checkpoint} at kimg {p.cur_nimg / 1000:.2f}")
+        else:
+            self._write_start_files()
+            self._save_fakes()
+        sums: dict[str, list[float]] = {"loss_D": [], "loss_G": [], "r1": []}
+        bar = tqdm(
+            total=t.kimg,
+            initial=p.cur_nimg / 1000,
+            unit="kimg",
+            disable=not (self.main and t.progress),
+            dynamic_ncols=True,
+            bar_format="{l_bar}{bar}| {n:.2f}/{total:g} kimg [{elapsed}<{remaining}{postfix}]",
+        )
+        if not bar.disable:
+            self.log.printer = bar.write
+        tick_start = time.perf_counter()
+        try:
+            with self.stop:
+                while p.cur_nimg < total_nimg:
+                    step_start = time.perf_counter()
+                    losses, stop_requested = self.step()
+                    p.elapsed_s += time.perf_counter() - step_start
+                    for key in sums:
+                        if losses[key] is not None and math.isfinite(losses[key]):
+                            sums[key].append(losses[key])
+                    bar.update(t.batch / 1000)
+                    if p.consecutive_bad >= t.nan_patience:
+                        path = self.save_checkpoint()
+                        raise TrainingStopped(
+                            f"training diverged: {p.consecutive_bad} steps in a row had non-finite losses or "
+                            f"gradients (kimg {p.cur_nimg / 1000:.2f}); the state is saved in {path}; lower the "
+                            "learning rates, set train.r1_gamma, or use train.mixed_precision=no",
+                            3,
+                        )
+                    done = p.cur_nimg >= total_nimg
+                    if done or stop_requested or p.cur_nimg >= p.tick_start_nimg + t.tick_kimg * 1000:
+                        record = self._tick_record(sums, time.perf_counter() - tick_start)
+                        if self.main:
+                            append_jsonl(self.run_dir / "stats.jsonl", record)
+                            self._log_tick(record)
+                            bar.set_postfix_str(
+                                f"img/s {record['images_per_s']:.0f} D {_fmt(record['loss_D'])} "
+                                f"G {_fmt(record['loss_G'])}"
+                            )
+                        p.tick += 1
+                        p.tick_start_nimg = p.cur_nimg
+                        sums = {k: [] for k in sums}
+                        if done or p.tick % t.snapshot_ticks == 0:
+                            self._save_fakes()
+                            self._save_snapshot()
+                        if done or stop_requested or p.tick % t.checkpoint_ticks == 0:
+                            path = self.save_checkpoint()
+                        tick_start = time.perf_counter()
+                    if stop_requested:
+                        name = "SIGTERM" if self.stop.received == signal.SIGTERM else "SIGINT"
+                        raise TrainingStopped(
+                            f"stopped by {name} at kimg {p.cur_nimg / 1000:.2f}; the state is saved in {path}; "
+                            f"continue with: scs-gan train --resume {self.run_dir}",
+                            143 if name == "SIGTERM" else 130,
+                        )
+        finally:
+            bar.close()
+            self.log.printer = None
+        self._finish()
+        return self.run_dir
+
+    def _log_tick(self, record: dict[str, Any]) -> None:
+        self.log(
+            f"tick {record['tick']:<4d} kimg {record['kimg']:<8.2f} time {record['time_s']:<8.1f} "
+            f"sec/kimg {record['sec_per_kimg']:<7.2f} img/s {record['images_per_s']:<8.1f} "
+            f"loss_D {_fmt(record['loss_D'])} loss_G {_fmt(record['loss_G'])} r1 {_fmt(record.get('r1'))} "
+            f"nan_skips {record['nan_skips']}"
+        )
+
+    def _finish(self) -> None:
+        acc = self.accelerator
+        sums = _checksums([acc.unwrap_model(self.G), acc.unwrap_model(self.D)])
+        gathered = acc.gather(sums.unsqueeze(0)) if acc.num_processes > 1 else sums.unsqueeze(0)
+        in_sync = bool((gathered == gathered[0]).all())
+        if self.main:
+            final = self.run_dir / "final.json"
+            summary = {
+                "kimg": self.progress.cur_nimg / 1000,
+                "steps": self.progress.step,
+                "train_seconds": round(self.progress.elapsed_s, 1),
+                "nan_skips": self.progress.nan_skips,
+                "processes": acc.num_processes,
+                "replicas_identical": in_sync,
+                "snapshot": str(self._save_snapshot_path()),
+            }
+            atomic_write_text(final, json.dumps(summary, indent=2))
+        self.log(f"replicas identical across {acc.num_processes} process(es): {'yes' if in_sync else 'NO'}")
+        self.log(f"done: {self.run_dir}")
+
+    def _save_snapshot_path(self) -> Path:
+        return self.run_dir / "snapshots" / f"network-snapshot-{round(self.progress.cur_nimg / 1000):06d}.safetensors"
+
+    def close(self) -> None:
+        """Free the prepared objects before ending (avoids gloo aborting at exit) and end the trackers."""
+        self.log.close()
+        for name in ("G", "D", "opt_G", "opt_D", "G_ema", "loader"):
+            if hasattr(self, name):
+                delattr(self, name)
+        self.accelerator.free_memory()
+        gc.collect()
+        self.accelerator.end_training()
+
+
+def train(config: RunConfig, resume: str | None = None) -> Path:
+    """Train ``config`` (or resume a run) and return its run directory."""
+    trainer = Trainer(config, resume)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved configuration of a run directory."""
+    return from_dict(RunConfig, load_yaml(Path(run_dir) / "config.yaml"))

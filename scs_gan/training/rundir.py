@@ -1,0 +1,157 @@
+"""The run directory: auto-numbered, never overwritten, describing itself.
+
+runs/00003-mnist5k32-scs/
+    config.yaml        the resolved configuration
+    dataset.json       the dataset summary (name, count, resolution, channels, fingerprint)
+    log.txt            everything the run printed
+    stats.jsonl        one JSON line per tick
+    reals.png          a grid of training images
+    fakes000000.png    samples from the EMA generator at each snapshot, always from the same latents
+    snapshots/         network-snapshot-<kimg>.safetensors: EMA generator + config, for inference
+    checkpoints/       checkpoint-<kimg>/: full training state for --resume (the last few)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import UserError
+from ..io import atomic_write
+
+RUN_PATTERN = re.compile(r"^(\d{5})-")
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d{9})$")
+
+
+def create_run_dir(root: str | Path, desc: str) -> Path:
+    """Create ``root/<next number>-<desc>``; never reuses a number, even if that directory was deleted later."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    safe_desc = re.sub(r"[^A-Za-z0-9._-]+", "-", desc).strip("-") or "run"
+    while True:
+        numbers = [int(m.group(1)) for p in root.iterdir() if (m := RUN_PATTERN.match(p.name))]
+        path = root / f"{max(numbers, default=-1) + 1:05d}-{safe_desc}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue  # another process took that number; try the next
+
+
+def find_run_dirs(root: str | Path) -> list[Path]:
+    """Run directories under ``root``, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and RUN_PATTERN.match(p.name)), key=lambda p: p.name)
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (a checkpoint appears only once fully written)."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and CHECKPOINT_PATTERN.match(p.name))
+
+
+def resolve_resume(resume: str, runs_dir: str | Path) -> Path:
+    """``latest`` (newest checkpoint of the newest run that has one), a run directory, or a checkpoint path."""
+    if resume == "latest":
+        for run in reversed(find_run_dirs(runs_dir)):
+            checkpoints = list_checkpoints(run)
+            if checkpoints:
+                return checkpoints[-1]
+        raise UserError(f"--resume latest found no checkpoint under {str(runs_dir)!r}; train first or give a path")
+    path = Path(resume).expanduser()
+    if not path.exists():
+        raise UserError(f"--resume {resume!r}: no such run directory or checkpoint")
+    if (path / "progress.json").is_file():
+        return path
+    checkpoints = list_checkpoints(path)
+    if checkpoints:
+        return checkpoints[-1]
+    raise UserError(f"--resume {resume!r} is neither a checkpoint nor a run directory with checkpoints")
+
+
+class RunLog:
+    """Writes to the terminal (or through ``printer``, e.g. a progress bar's) and appends to ``log.txt``."""
+
+    def __init__(self, path: Path | None, stream: TextIO | None = sys.stdout) -> None:
+        self.file = open(path, "a", encoding="utf-8") if path is not None else None  # noqa: SIM115
+        self.stream = stream
+        self.printer: Callable[[str], None] | None = None
+
+    def __call__(self, message: str) -> None:
+        if self.printer is not None:
+            self.printer(message)
+        elif self.stream is not None:
+            print(message, file=self.stream, flush=True)
+        if self.file is not None:
+            self.file.write(message + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line and push it to disk (a crash loses at most the line being written)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, allow_nan=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+    """Drop lines for which ``keep(record)`` is false (resume removes lines written after its checkpoint)."""
+    if not path.exists():
+        return
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        if keep(record):
+            lines.append(line)
+    atomic_write(path, lambda tmp: tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8"))
+
+
+def image_grid(images: torch.Tensor, columns: int | None = None) -> np.ndarray:
+    """Float images in [-1, 1] ``(N, C, H, W)`` to one uint8 ``(rows * H, columns * W, C)`` array."""
+    images = images.detach().float().cpu()
+    count, channels, height, width = images.shape
+    columns = columns or max(1, math.ceil(math.sqrt(count)))
+    rows = math.ceil(count / columns)
+    pixels = (images * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    grid = torch.zeros(channels, rows * height, columns * width, dtype=torch.uint8)
+    for i in range(count):
+        r, c = divmod(i, columns)
+        grid[:, r * height : (r + 1) * height, c * width : (c + 1) * width] = pixels[i]
+    return grid.permute(1, 2, 0).numpy()
+
+
+def save_image_grid(images: torch.Tensor, path: Path, columns: int | None = None) -> None:
+    """Save a grid of float images in [-1, 1] as PNG, atomically."""
+    array = image_grid(images, columns)
+    image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints."""
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

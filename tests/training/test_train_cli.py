@@ -1,0 +1,213 @@
+"""`scs-gan train` end to end, as real processes: run directory, resume bit for bit, signals, NaN guard,
+two processes under Accelerate, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from scs_gan.snapshot import load_generator
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+
+
+def env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "SCS_GAN_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+
+
+def train(tmp_path: Path, *args: str, runs: str = "runs", timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "scs_gan", "train", "--config", SMOKE, f"train.runs_dir={tmp_path / runs}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env(tmp_path), check=False)
+
+
+def only_run(tmp_path: Path, runs: str = "runs") -> Path:
+    dirs = sorted((tmp_path / runs).iterdir())
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def final_state(run: Path) -> dict[str, torch.Tensor]:
+    checkpoint = sorted((run / "checkpoints").glob("checkpoint-*"))[-1]
+    state = {}
+    for name in ("model.safetensors", "model_1.safetensors", "ema.safetensors"):
+        state.update({f"{name}:{k}": v for k, v in load_file(str(checkpoint / name)).items()})
+    return state
+
+
+def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+def test_run_directory_contents(tmp_path):
+    result = train(tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = only_run(tmp_path)
+    assert run.name == "00000-mnist5k32-scs"
+    for name in ("config.yaml", "dataset.json", "log.txt", "stats.jsonl", "reals.png", "final.json"):
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in run.glob("fakes*.png")) == ["fakes000000.png", "fakes000001.png", "fakes000002.png"]
+    stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert [round(s["kimg"], 3) for s in stats] == [0.256, 0.512, 0.768, 1.024, 1.28, 1.536, 1.792, 2.0]
+    first = stats[0]
+    for key in ("loss_D", "loss_G", "sec_per_kimg", "images_per_s", "peak_mem_mb", "nan_skips", "p", "q"):
+        assert key in first, key
+    assert sorted(first["p"]) == sorted(first["q"])
+    assert sum(k.startswith("G.net.") for k in first["p"]) == 4 and sum(k.startswith("D.net.") for k in first["p"]) == 4
+    assert set(first["p"]["D.net.0"]) == {"mean", "min", "max"}
+    assert first["p"]["D.net.0"]["min"] >= 1.0
+    dataset = json.loads((run / "dataset.json").read_text())
+    assert dataset["name"] == "mnist5k" and dataset["images"] == 5000 and len(dataset["fingerprint"]) == 16
+    log = (run / "log.txt").read_text()
+    assert "parameters" in log and "dataset mnist5k: 5000 images" in log and "tick 7" in log
+    assert len(list((run / "checkpoints").glob("checkpoint-*"))) == 2  # keep_checkpoints
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    snapshots = sorted((run / "snapshots").glob("*.safetensors"))
+    assert [p.name for p in snapshots] == ["network-snapshot-000001.safetensors", "network-snapshot-000002.safetensors"]
+    generator = load_generator(snapshots[-1])
+    assert generator(torch.randn(3, 16)).shape == (3, 1, 32, 32)
+    final = json.loads((run / "final.json").read_text())
+    assert final["replicas_identical"] and final["kimg"] == 2.0
+    assert train(tmp_path).returncode == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir())[1] == "00001-mnist5k32-scs"  # never overwritten
+
+
+def test_resume_after_finishing_equals_one_longer_run(tmp_path):
+    assert train(tmp_path, "train.kimg=2", runs="full").returncode == 0
+    assert train(tmp_path, "train.kimg=1", runs="split").returncode == 0
+    result = train(tmp_path, "--resume", "latest", "train.kimg=2", runs="split")
+    assert result.returncode == 0, result.stderr
+    assert_bitwise_equal(final_state(only_run(tmp_path, "full")), final_state(only_run(tmp_path, "split")))
+    stats = (only_run(tmp_path, "split") / "stats.jsonl").read_text().splitlines()
+    assert len(stats) == 8  # no tick logged twice
+
+
+def _start(tmp_path: Path, runs: str) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "scs_gan",
+        "train",
+        "--config",
+        SMOKE,
+        f"train.runs_dir={tmp_path / runs}",
+        "train.kimg=6",
+    ]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(tmp_path))
+
+
+def _wait_for(predicate, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)])
+def test_interrupt_and_resume_is_bit_exact(tmp_path, sig, code):
+    assert train(tmp_path, "train.kimg=6", runs="full").returncode == 0
+    proc = _start(tmp_path, "cut")
+    try:
+        if sig == signal.SIGKILL:  # falls back to the last periodic checkpoint
+            _wait_for(lambda: list((tmp_path / "cut").glob("*/checkpoints/checkpoint-*")))
+        else:
+            _wait_for(lambda: any(p.stat().st_size for p in (tmp_path / "cut").glob("*/stats.jsonl")))
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    if sig != signal.SIGKILL:
+        assert "the state is saved in" in err and "scs-gan train --resume" in err and "Traceback" not in err
+    run = only_run(tmp_path, "cut")
+    stopped_at = json.loads(
+        sorted((run / "checkpoints").glob("checkpoint-*"))[-1].joinpath("progress.json").read_text()
+    )["cur_nimg"]
+    assert stopped_at < 6000
+    result = train(tmp_path, "--resume", str(run), "train.kimg=6", runs="cut")
+    assert result.returncode == 0, result.stderr
+    assert f"resumed from {run}" in result.stdout
+    assert_bitwise_equal(final_state(only_run(tmp_path, "full")), final_state(run))
+
+
+def test_nan_guard_skips_counts_and_stops_with_a_checkpoint(tmp_path):
+    result = train(tmp_path, "train.d_lr=1e38", "train.g_lr=1e38", "train.nan_patience=5")
+    assert result.returncode == 3, result.stderr
+    assert "training diverged: 5 steps in a row" in result.stderr and "Traceback" not in result.stderr
+    run = only_run(tmp_path)
+    checkpoints = list((run / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints
+    progress = json.loads(sorted(checkpoints)[-1].joinpath("progress.json").read_text())
+    assert progress["nan_skips"] >= 5 and progress["consecutive_bad"] == 5
+
+
+def test_two_processes_under_accelerate_end_identical(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "scs_gan",
+        "train",
+        "--config",
+        SMOKE,
+        f"train.runs_dir={tmp_path / 'runs'}",
+        "train.kimg=1",
+        "train.r1_gamma=1",
+        "train.r1_interval=4",
+    ]
+    environment = {**env(tmp_path), "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=environment, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = only_run(tmp_path)
+    final = json.loads((run / "final.json").read_text())
+    assert final["processes"] == 2 and final["replicas_identical"] is True
+    assert "2 process(es) on cpu, batch 16 = 8 per process x 2" in (run / "log.txt").read_text()
+    stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert all(s["r1"] is not None for s in stats)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("model.g.chanels=8",), "unknown config key 'model.g.chanels'; did you mean 'model.g.channels'?"),
+        (("train.batch=many",), "train.batch must be an integer"),
+        (("model.d.kind=sharp",), "model.d.kind must be one of"),
+        (("train.batch=10", "train.batch_gpu=4"), "must be a multiple of train.batch_gpu"),
+        (("--config", "missing.yaml"), "config file 'missing.yaml' does not exist"),
+        (("--resume", "latest"), "found no checkpoint"),
+    ],
+)
+def test_config_errors_are_one_sentence(tmp_path, args, message):
+    result = train(tmp_path, *args, timeout=120)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_dry_run_prints_the_resolved_config(tmp_path):
+    result = train(tmp_path, "--dry-run", "model.g.channels=12")
+    assert result.returncode == 0
+    assert "channels: 12" in result.stdout and "kind: scs" in result.stdout
+    assert not (tmp_path / "runs").exists()

@@ -1,0 +1,183 @@
+"""Pieces of training: configs, run directories, EMA, losses, latents, models, snapshots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from scs_gan.config import dump_yaml, from_dict, load_yaml, to_dict
+from scs_gan.errors import UserError
+from scs_gan.latents import latents_for_seeds
+from scs_gan.models import ModelConfig, build_discriminator, build_generator, count_parameters, scs_layers
+from scs_gan.snapshot import load_generator, save_snapshot
+from scs_gan.training.config import RunConfig, load_config
+from scs_gan.training.ema import ema_beta, update_ema
+from scs_gan.training.losses import d_loss, g_loss, r1_penalty
+from scs_gan.training.rundir import create_run_dir, image_grid, resolve_resume
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_default_yaml_spells_out_the_built_in_defaults():
+    assert to_dict(load_config(CONFIGS / "default.yaml")) == to_dict(RunConfig())
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path):
+    config = load_config(path)
+    assert from_dict(RunConfig, json.loads(json.dumps(to_dict(config)))) == config
+
+
+def test_overrides_and_yaml_round_trip(tmp_path):
+    config = load_config(CONFIGS / "dcgan.yaml", ["train.batch=128", "model.g.channels=16", "train.betas=[0.0, 0.99]"])
+    assert config.train.batch == 128 and config.model.g.channels == 16 and config.train.betas == [0.0, 0.99]
+    assert config.model.g.kind == "conv"
+    (tmp_path / "c.yaml").write_text(dump_yaml(config))
+    assert load_config(tmp_path / "c.yaml") == config
+
+
+def test_config_file_errors(tmp_path):
+    (tmp_path / "bad.yaml").write_text("train: [unclosed")
+    with pytest.raises(UserError, match="not valid YAML at line 1"):
+        load_yaml(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(UserError, match="must hold a mapping"):
+        load_yaml(tmp_path / "list.yaml")
+    (tmp_path / "unknown.yaml").write_text("trian: {kimg: 1}\n")
+    with pytest.raises(UserError, match="unknown config key 'trian'; did you mean 'train'"):
+        load_config(tmp_path / "unknown.yaml")
+    with pytest.raises(UserError, match="at least 1 kimg apart"):
+        load_config(None, ["train.tick_kimg=0.1", "train.snapshot_ticks=2"])
+
+
+def test_run_directories_are_numbered_and_never_reused(tmp_path):
+    a = create_run_dir(tmp_path, "x")
+    b = create_run_dir(tmp_path, "y z")
+    assert (a.name, b.name) == ("00000-x", "00001-y-z")
+    b.rmdir()
+    a.rmdir()
+    (tmp_path / "00007-old").mkdir()
+    assert create_run_dir(tmp_path, "x").name == "00008-x"
+
+
+def test_resolve_resume(tmp_path):
+    with pytest.raises(UserError, match="found no checkpoint"):
+        resolve_resume("latest", tmp_path)
+    run = create_run_dir(tmp_path, "x")
+    for n in (100, 200):
+        checkpoint = run / "checkpoints" / f"checkpoint-{n:09d}"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "progress.json").write_text("{}")
+    (run / "checkpoints" / ".tmp-checkpoint-000000300").mkdir()  # unfinished: ignored
+    latest = run / "checkpoints" / "checkpoint-000000200"
+    assert resolve_resume("latest", tmp_path) == latest
+    assert resolve_resume(str(run), tmp_path) == latest
+    assert resolve_resume(str(run / "checkpoints" / "checkpoint-000000100"), tmp_path).name.endswith("100")
+    with pytest.raises(UserError, match="no such run directory"):
+        resolve_resume(str(tmp_path / "nope"), tmp_path)
+
+
+def test_ema_half_life_and_rampup():
+    assert ema_beta(batch=1000, ema_kimg=1.0, cur_nimg=10**9, rampup=None) == pytest.approx(0.5)
+    assert ema_beta(batch=64, ema_kimg=10.0, cur_nimg=640, rampup=0.05) == pytest.approx(0.5 ** (64 / 32))
+    ema, model = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    before = ema.weight.clone()
+    update_ema(ema, model, beta=0.25)
+    torch.testing.assert_close(ema.weight, 0.25 * before + 0.75 * model.weight)
+    bn_ema, bn = torch.nn.BatchNorm1d(2), torch.nn.BatchNorm1d(2)
+    bn.running_mean.fill_(3.0)
+    update_ema(bn_ema, bn, beta=0.9)
+    assert torch.equal(bn_ema.running_mean, bn.running_mean)
+
+
+def test_losses():
+    real, fake = torch.tensor([3.0, -1.0]), torch.tensor([0.0, 2.0])
+    torch.testing.assert_close(
+        d_loss("logistic", real, fake),
+        torch.nn.functional.softplus(-real).mean() + torch.nn.functional.softplus(fake).mean(),
+    )
+    torch.testing.assert_close(d_loss("hinge", real, fake), torch.tensor((0 + 2) / 2 + (1 + 3) / 2))
+    torch.testing.assert_close(g_loss("hinge", fake), torch.tensor(-1.0))
+    x = torch.randn(4, 1, 2, 2, requires_grad=True)
+    logits = (x * 3).sum(dim=[1, 2, 3])
+    torch.testing.assert_close(r1_penalty(logits, x), torch.tensor(36.0))  # |grad|^2 = 4 * 9
+    torch.testing.assert_close(r1_penalty((x * 3).sum(dim=[1, 2, 3]), x, scale=1024.0), torch.tensor(36.0))
+
+
+def test_latents_depend_on_their_seed_only():
+    a = latents_for_seeds([5, 6, 7], 8)
+    b = latents_for_seeds([7], 8)
+    assert torch.equal(a[2], b[0])
+    assert torch.equal(latents_for_seeds(range(3), 8), latents_for_seeds([0, 1, 2], 8))
+
+
+@pytest.mark.parametrize("kind", ["scs", "cosine", "conv"])
+@pytest.mark.parametrize("resolution,channels", [(32, 1), (64, 3)])
+def test_networks_for_every_kind_resolution_and_channels(kind, resolution, channels):
+    model = ModelConfig()
+    model.g.kind = model.d.kind = kind
+    model.g.channels = model.d.channels = 8
+    g, d = build_generator(model, resolution, channels), build_discriminator(model, resolution, channels)
+    images = g(torch.randn(2, model.z_dim))
+    assert images.shape == (2, channels, resolution, resolution) and images.abs().max() <= 1
+    assert d(images).shape == (2,)
+    assert (len(scs_layers(g)) > 0) == (kind != "conv")
+    assert count_parameters(g) > 0
+
+
+def test_same_topology_across_kinds():
+    counts = {}
+    for kind in ("scs", "conv"):
+        model = ModelConfig()
+        model.g.kind = model.d.kind = kind
+        g = build_generator(model, 32, 1)
+        counts[kind] = [tuple(m.weight.shape) for m in g.modules() if hasattr(m, "weight") and m.weight.dim() == 4]
+    assert counts["scs"] == counts["conv"]
+
+
+def test_maxabspool_discriminator_and_bad_resolution():
+    model = ModelConfig()
+    model.d.downsample = "maxabspool"
+    d = build_discriminator(model, 32, 1)
+    assert d(torch.randn(2, 1, 32, 32)).shape == (2,)
+    with pytest.raises(UserError, match="power of two"):
+        build_generator(model, 48, 1)
+
+
+def test_snapshot_round_trip_and_bad_files(tmp_path):
+    config = RunConfig()
+    config.model.g.channels = 8
+    g = build_generator(config.model, 32, 1)
+    path = tmp_path / "snap.safetensors"
+    save_snapshot(path, g, config, {"kimg": 1.0})
+    loaded = load_generator(path)
+    z = torch.randn(2, 128)
+    torch.testing.assert_close(loaded(z), g.eval()(z))
+    assert loaded.snapshot_extra == {"kimg": 1.0}
+    with pytest.raises(UserError, match="does not exist"):
+        load_generator(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="not a readable safetensors snapshot"):
+        load_generator(tmp_path / "junk.safetensors")
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(UserError, match="not an scs_gan generator snapshot"):
+        load_generator(tmp_path / "other.safetensors")
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "v9.safetensors"), {"format": "scs_gan.generator", "version": "9"})
+    with pytest.raises(UserError, match="format version 9"):
+        load_generator(tmp_path / "v9.safetensors")
+    wrong = RunConfig()
+    wrong.model.g.channels = 16  # config says 16, weights are for 8
+    save_snapshot(tmp_path / "mismatch.safetensors", g, wrong)
+    with pytest.raises(UserError, match="does not match the network"):
+        load_generator(tmp_path / "mismatch.safetensors")
+
+
+def test_image_grid_layout():
+    images = torch.stack([torch.full((1, 2, 2), v) for v in (-1.0, 1.0, 0.0)])
+    grid = image_grid(images, columns=2)
+    assert grid.shape == (4, 4, 1)
+    assert grid[0, 0, 0] == 0 and grid[0, 2, 0] == 255 and grid[2, 0, 0] == 128 and grid[2, 2, 0] == 0
