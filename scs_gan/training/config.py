@@ -64,16 +64,41 @@ class TrainConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """FID/KID during and after training (``metrics.*``); see scs_gan/metrics/evaluate.py for the names.
+
+    Attributes:
+        names: metrics by protocol name, e.g. ``[fid1k_1k, kid1k_1k]`` (1,000 generated vs 1,000 real) or
+            ``[fid50k_full]``; empty turns metrics off.
+        every_ticks: also evaluate every N ticks (0 = only at the end).
+        fid_weights: a weights file (default: found or built offline, see ``scs-gan fid-weights``).
+        batch: Inception batch size (0 = 8 on CPU, 128 on GPU).
+    """
+
+    names: list[str] = field(default_factory=lambda: ["fid1k_1k", "kid1k_1k"])
+    every_ticks: int = 0
+    fid_weights: str | None = None
+    batch: int = 0
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; saved as ``config.yaml`` in its run directory and inside every snapshot."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def validate(self) -> None:
         """Cross-field checks that single fields cannot express."""
+        from ..metrics.protocol import parse_metric
+
         self.data.validate()
+        for name in self.metrics.names:
+            parse_metric(name)
+        if self.metrics.every_ticks < 0 or self.metrics.batch < 0:
+            raise UserError("metrics.every_ticks and metrics.batch must be >= 0")
         t = self.train
         if t.kimg <= 0 or t.tick_kimg <= 0:
             raise UserError("train.kimg and train.tick_kimg must be positive")

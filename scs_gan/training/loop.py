@@ -33,7 +33,7 @@ from ..config import dump_yaml, from_dict, load_yaml, to_dict
 from ..data import InfiniteLoader, build_dataset, to_float
 from ..data.dataset import spread_subset
 from ..errors import UserError
-from ..io import atomic_write_text
+from ..io import atomic_write, atomic_write_text
 from ..latents import latents_for_seeds
 from ..models import build_discriminator, build_generator, count_parameters, scs_layers
 from ..snapshot import save_snapshot
@@ -72,6 +72,7 @@ class Progress:
     elapsed_s: float = 0.0
     loader: dict[str, Any] = field(default_factory=lambda: {"batches_done": 0})
     tracker_run_id: str | None = None
+    best_fid: float | None = None
 
 
 class _StopSignals:
@@ -225,6 +226,7 @@ class Trainer:
         )
         self.progress = Progress()
         self.grid_latents = latents_for_seeds(range(t.grid_seeds), config.model.z_dim, acc.device)
+        self.evaluator = self._make_evaluator()
         if checkpoint is not None:
             self._load_checkpoint(checkpoint)
         else:
@@ -242,6 +244,41 @@ class Trainer:
                 f"processes ({world})"
             )
         return batch_gpu, t.batch // (batch_gpu * world)
+
+    def _make_evaluator(self):
+        """The FID/KID evaluator (weights resolved now, so a missing file fails before training, not after)."""
+        m = self.config.metrics
+        if not m.names:
+            return None
+        from ..metrics.evaluate import Evaluator
+        from ..metrics.weights import resolve_fid_weights
+
+        with self.accelerator.main_process_first():  # the main process converts and caches; others read
+            state, source = resolve_fid_weights(m.fid_weights)
+        return Evaluator(self.dataset, state, source, self.accelerator.device, m.batch)
+
+    def evaluate_metrics(self) -> None:
+        """Compute the configured metrics with G_ema (collective), log them, keep the best snapshot by FID."""
+        if self.evaluator is None:
+            return
+        p = self.progress
+        kimg = p.cur_nimg / 1000
+        snapshot = self._snapshot_path()
+        results = self.evaluator.evaluate(
+            self.G_ema, self.config.model.z_dim, self.config.metrics.names, {"kimg": kimg, "snapshot": str(snapshot)}
+        )
+        if not self.main:
+            return
+        for name, record in results.items():
+            append_jsonl(self.run_dir / f"metric-{name}.jsonl", record)
+            std = f" +- {record['std']:.5f}" if record.get("std") else ""
+            self.log(f"{name} {record['value']:.4f}{std} at kimg {kimg:.2f} ({record['seconds']:.0f} s)")
+        fids = [r for n, r in results.items() if n.startswith("fid")]
+        if fids and snapshot.is_file() and (p.best_fid is None or fids[0]["value"] < p.best_fid):
+            p.best_fid = fids[0]["value"]
+            best = self.run_dir / "snapshots" / "best.safetensors"
+            atomic_write(best, lambda tmp: shutil.copyfile(snapshot, tmp))
+            atomic_write_text(best.with_suffix(".json"), json.dumps(fids[0], indent=2))
 
     def _describe_start(self) -> None:
         c, acc = self.config, self.accelerator
@@ -372,7 +409,8 @@ class Trainer:
         self.loader.load_state_dict(self.progress.loader)
         if self.main:
             kimg = self.progress.cur_nimg / 1000
-            truncate_jsonl(self.run_dir / "stats.jsonl", lambda r: r.get("kimg", 0) <= kimg + 1e-9)
+            for path in [self.run_dir / "stats.jsonl", *self.run_dir.glob("metric-*.jsonl")]:
+                truncate_jsonl(path, lambda r: r.get("kimg", 0) <= kimg + 1e-9)
 
     # ---------------------------------------------------------------------------------- ticks & outputs
 
@@ -384,9 +422,12 @@ class Trainer:
         kimg = round(self.progress.cur_nimg / 1000)
         save_image_grid(images, self.run_dir / f"fakes{kimg:06d}.png")
 
-    def _save_snapshot(self) -> Path:
+    def _snapshot_path(self) -> Path:
         kimg = round(self.progress.cur_nimg / 1000)
-        path = self.run_dir / "snapshots" / f"network-snapshot-{kimg:06d}.safetensors"
+        return self.run_dir / "snapshots" / f"network-snapshot-{kimg:06d}.safetensors"
+
+    def _save_snapshot(self) -> Path:
+        path = self._snapshot_path()
         if self.main:
             save_snapshot(
                 path,
@@ -482,9 +523,12 @@ class Trainer:
                         p.tick += 1
                         p.tick_start_nimg = p.cur_nimg
                         sums = {k: [] for k in sums}
-                        if done or p.tick % t.snapshot_ticks == 0:
+                        every = self.config.metrics.every_ticks
+                        if done or p.tick % t.snapshot_ticks == 0 or (every and p.tick % every == 0):
                             self._save_fakes()
                             self._save_snapshot()
+                        if done or (every and p.tick % every == 0):
+                            self.evaluate_metrics()
                         if done or stop_requested or p.tick % t.checkpoint_ticks == 0:
                             path = self.save_checkpoint()
                         tick_start = time.perf_counter()
@@ -523,14 +567,11 @@ class Trainer:
                 "nan_skips": self.progress.nan_skips,
                 "processes": acc.num_processes,
                 "replicas_identical": in_sync,
-                "snapshot": str(self._save_snapshot_path()),
+                "snapshot": str(self._snapshot_path()),
             }
             atomic_write_text(final, json.dumps(summary, indent=2))
         self.log(f"replicas identical across {acc.num_processes} process(es): {'yes' if in_sync else 'NO'}")
         self.log(f"done: {self.run_dir}")
-
-    def _save_snapshot_path(self) -> Path:
-        return self.run_dir / "snapshots" / f"network-snapshot-{round(self.progress.cur_nimg / 1000):06d}.safetensors"
 
     def close(self) -> None:
         """Free the prepared objects before ending (avoids gloo aborting at exit) and end the trackers."""

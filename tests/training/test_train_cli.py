@@ -142,6 +142,40 @@ def test_interrupt_and_resume_is_bit_exact(tmp_path, sig, code):
     assert_bitwise_equal(final_state(only_run(tmp_path, "full")), final_state(run))
 
 
+def test_metrics_during_and_after_training_and_best_snapshot(tmp_path, fid_weights_file, monkeypatch):
+    monkeypatch.setenv("SCS_GAN_FID_WEIGHTS", fid_weights_file)
+    result = train(tmp_path, "metrics.names=[fid20_20,kid20_20]", "metrics.every_ticks=4")
+    assert result.returncode == 0, result.stderr
+    run = only_run(tmp_path)
+    fids = [json.loads(line) for line in (run / "metric-fid20_20.jsonl").read_text().splitlines()]
+    kids = [json.loads(line) for line in (run / "metric-kid20_20.jsonl").read_text().splitlines()]
+    assert [r["kimg"] for r in fids] == [1.024, 2.0] and len(kids) == 2
+    assert all(
+        r["num_fake"] == 20 and r["dataset"] == json.loads((run / "dataset.json").read_text())["fingerprint"]
+        for r in fids
+    )
+    best = json.loads((run / "snapshots" / "best.json").read_text())
+    assert best["value"] == min(r["value"] for r in fids)
+    assert load_generator(run / "snapshots" / "best.safetensors")(torch.randn(1, 16)).shape == (1, 1, 32, 32)
+    assert "fid20_20" in (run / "log.txt").read_text()
+
+
+def test_missing_fid_weights_fail_before_training(tmp_path):
+    result = train(tmp_path, "metrics.names=[fid20_20]", "metrics.fid_weights=/nonexistent.safetensors")
+    assert result.returncode == 2 and "FID weights '/nonexistent.safetensors' do not exist" in result.stderr
+    assert not list((tmp_path / "runs").glob("*/stats.jsonl"))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_with_r1_trains_finitely(tmp_path, precision):
+    result = train(
+        tmp_path, f"train.mixed_precision={precision}", "train.r1_gamma=1", "train.r1_interval=2", "train.kimg=1"
+    )
+    assert result.returncode == 0, result.stderr
+    stats = [json.loads(line) for line in (only_run(tmp_path) / "stats.jsonl").read_text().splitlines()]
+    assert all(s["nan_skips"] == 0 and s["r1"] is not None and s["r1"] >= 0 for s in stats)
+
+
 def test_nan_guard_skips_counts_and_stops_with_a_checkpoint(tmp_path):
     result = train(tmp_path, "train.d_lr=1e38", "train.g_lr=1e38", "train.nan_patience=5")
     assert result.returncode == 3, result.stderr

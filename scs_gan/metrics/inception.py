@@ -1,0 +1,95 @@
+"""Inception features exactly as torchmetrics computes them for FID/KID, fed to torchmetrics' metrics.
+
+One Inception pass serves both FID and KID: the metrics are torchmetrics' own ``FrechetInceptionDistance``
+and ``KernelInceptionDistance``, given an identity "feature extractor" so that ``update()`` takes the
+features computed here. Their states are sums (FID) and feature lists (KID) that torchmetrics reduces across
+processes in ``compute()``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
+from torchmetrics.image.kid import KernelInceptionDistance
+
+
+class TFInceptionV3(NoTrainInceptionV3):
+    """torchmetrics' InceptionV3 with the TF-compatible resize (``antialias=False``), built from a state dict.
+
+    torch-fidelity only takes a weights *path* and unpickles it without restriction; we hand it a private
+    temporary file that we have just written from tensors we loaded safely, never a user's file.
+    ``state=None`` builds the layout alone (to read its parameter names).
+    """
+
+    def __init__(self, state: dict[str, Tensor] | None, feature: int = 2048) -> None:
+        self._building_without_weights = state is None
+        with tempfile.TemporaryDirectory(prefix="scs_gan_fid_") as tmp:
+            path = Path(tmp) / "weights.pth"
+            torch.save(state or {}, path)
+            super().__init__("inception-v3-compat", [str(feature)], str(path), antialias=False)
+        self._building_without_weights = False
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if self._building_without_weights:
+            return None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+class InceptionFeatures(nn.Module):
+    """uint8 images ``(N, 1 or 3, H, W)`` to float32 Inception features ``(N, feature)``, in batches."""
+
+    def __init__(self, state: dict[str, Tensor], feature: int = 2048, batch: int = 64) -> None:
+        super().__init__()
+        self.net = TFInceptionV3(state, feature)
+        self.feature, self.batch = feature, batch
+
+    @torch.inference_mode()
+    def forward(self, images: Tensor) -> Tensor:
+        if images.dtype != torch.uint8:
+            raise TypeError(f"expected uint8 images, got {images.dtype}")
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        device = next(self.net.parameters()).device
+        outputs = [self.net(chunk.to(device)).float() for chunk in images.split(self.batch)]
+        return torch.cat(outputs) if outputs else torch.empty(0, self.feature, device=device)
+
+
+class PrecomputedFeatures(nn.Module):
+    """The identity, posing as a feature extractor so that torchmetrics' ``update()`` takes features."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features
+
+
+def make_fid(feature: int = 2048, sync: bool = True) -> FrechetInceptionDistance:
+    """torchmetrics' FID over features of size ``feature`` (fed by :class:`InceptionFeatures`).
+
+    With ``sync`` (the default) ``compute()`` sums the states of all processes, so every process must call
+    it; ``sync=False`` is for a computation local to one process.
+    """
+    return FrechetInceptionDistance(
+        feature=PrecomputedFeatures(feature), reset_real_features=False, sync_on_compute=sync
+    )
+
+
+def make_kid(feature: int = 2048, subset_size: int = 1000, subsets: int = 100) -> KernelInceptionDistance:
+    """torchmetrics' KID (polynomial kernel, ``subsets`` random subsets of ``subset_size``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        return KernelInceptionDistance(
+            feature=PrecomputedFeatures(feature), subsets=subsets, subset_size=subset_size, reset_real_features=False
+        )
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """Generator output in [-1, 1] to uint8 exactly as the data was quantised (inverse of ``to_float``)."""
+    return (images.float() * 127.5 + 128).clamp_(0, 255).to(torch.uint8)

@@ -1,0 +1,194 @@
+"""FID/KID with the real TF-Inception weights: documented values, sanity, cache, processes, offline errors."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from scs_gan.data import DataConfig, build_dataset, to_float
+from scs_gan.errors import UserError
+from scs_gan.metrics import weights as W
+from scs_gan.metrics.evaluate import Evaluator
+from scs_gan.metrics.inception import make_fid, to_uint8
+from scs_gan.metrics.protocol import parse_metric
+from scs_gan.models import ModelConfig, build_generator
+from scs_gan.snapshot import save_snapshot
+from scs_gan.training.config import RunConfig
+
+
+@pytest.fixture(scope="module")
+def fid_state():
+    state, source = W.resolve_fid_weights(allow_download=False)
+    return state, source
+
+
+@pytest.fixture(scope="module")
+def evaluator(fid_state, tmp_path_factory):
+    os.environ["SCS_GAN_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    dataset = build_dataset(DataConfig(max_images=500))
+    yield Evaluator(dataset, *fid_state)
+    del os.environ["SCS_GAN_CACHE"]
+
+
+def test_weights_reproduce_torchmetrics_documented_fid_example(fid_state):
+    assert W.fid64_fingerprint(fid_state[0]) == pytest.approx(12.6388, abs=5e-5)
+
+
+def test_metric_names_carry_their_protocol():
+    spec = parse_metric("fid2k_full")
+    assert (spec.kind, spec.num_fake, spec.num_real) == ("fid", 2000, None)
+    spec = parse_metric("kid1.5k_500")
+    assert (spec.kind, spec.num_fake, spec.num_real) == ("kid", 1500, 500)
+    for bad in ("fid", "fid2k", "is50k_full", "fid1_full"):
+        with pytest.raises(UserError):
+            parse_metric(bad)
+
+
+def test_fid_of_a_set_against_itself_is_zero_and_rises_with_noise(evaluator):
+    images = evaluator.dataset.images[:64]
+    clean = evaluator.features(images)
+    values = []
+    gen = torch.Generator().manual_seed(0)
+    for sigma in (0.0, 0.02, 0.05, 0.1, 0.2):
+        noisy = to_uint8(to_float(images) + sigma * torch.randn(images.shape, generator=gen))
+        fid = make_fid()
+        fid.update(clean, real=True)
+        fid.update(evaluator.features(noisy), real=False)
+        values.append(float(fid.compute()))
+    assert abs(values[0]) < 1e-2
+    assert all(a < b for a, b in itertools.pairwise(values)), values
+    assert values[1] > 1
+
+
+def test_real_feature_cache_is_hit_and_invalidated(evaluator, tmp_path):
+    start = time.perf_counter()
+    first = evaluator.real_features(60)
+    assert not evaluator.last_cache_hit
+    computing = time.perf_counter() - start
+    start = time.perf_counter()
+    again = evaluator.real_features(60)
+    assert evaluator.last_cache_hit and torch.equal(first, again)
+    assert time.perf_counter() - start < computing / 5
+    evaluator.real_features(40)  # another N: another entry
+    assert not evaluator.last_cache_hit
+    other = Evaluator(build_dataset(DataConfig(max_images=400)), evaluator.features.net.state_dict(), "test")
+    other.real_features(60)  # another dataset fingerprint
+    assert not other.last_cache_hit
+    files = list((Path(os.environ["SCS_GAN_CACHE"]) / "fid").glob("reals-*.safetensors"))
+    assert len(files) == 3
+
+
+def test_evaluate_records_say_how_they_were_computed(evaluator):
+    torch.manual_seed(0)
+    model = ModelConfig()
+    model.g.channels = 4
+    generator = build_generator(model, 32, 1)
+    results = evaluator.evaluate(generator, model.z_dim, ["fid50_50", "kid50_50"], {"kimg": 1.0})
+    fid, kid = results["fid50_50"], results["kid50_50"]
+    assert fid["value"] > 50 and kid["value"] > 0 and "std" in kid
+    assert fid["num_fake"] == 50 and fid["num_real"] == 50 and fid["feature"] == 2048
+    assert fid["dataset"] == evaluator.dataset.fingerprint and "torchmetrics" in fid["implementation"]
+    assert "antialias=False" in fid["implementation"] and fid["kimg"] == 1.0
+    again = evaluator.evaluate(generator, model.z_dim, ["fid50_50"])
+    assert again["fid50_50"]["value"] == pytest.approx(fid["value"], rel=1e-9)  # seeds 0..49, always
+
+
+def test_two_processes_give_the_same_result_as_one(tmp_path, fid_weights_file):
+    config = RunConfig()
+    config.model.g.channels = 4
+    config.data.max_images = 200
+    torch.manual_seed(0)
+    snapshot = tmp_path / "snap.safetensors"
+    save_snapshot(snapshot, build_generator(config.model, 32, 1), config, {"kimg": 0.0})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SCS_GAN_CACHE": str(tmp_path / "cache"), W.ENV_VAR: fid_weights_file}
+    args = ["-m", "scs_gan", "metrics", "--snapshot", str(snapshot), "--metrics", "fid40_40,kid40_40"]
+    one = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert one.returncode == 0, one.stderr
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    two = subprocess.run(
+        [*launch, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**env, "ACCELERATE_USE_CPU": "true", "SCS_GAN_CACHE": str(tmp_path / "cache2")},
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = json.loads(one.stdout.strip().splitlines()[-1])["results"]
+    b = json.loads(two.stdout.strip().splitlines()[-1])["results"]
+    assert b["fid40_40"]["processes"] == 2 and a["fid40_40"]["processes"] == 1
+    for name in ("fid40_40", "kid40_40"):
+        assert b[name]["value"] == pytest.approx(a[name]["value"], rel=1e-5, abs=1e-6)
+
+
+def test_missing_weights_offline_give_one_clear_sentence_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCS_GAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv(W.ENV_VAR, raising=False)
+    monkeypatch.setattr(W, "_fid_helper_file", lambda: None)  # as if the [fid] extra were not installed
+
+    def offline(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    start = time.perf_counter()
+    with pytest.raises(UserError, match=r"no FID Inception weights are available offline: install them with"):
+        W.resolve_fid_weights()
+    assert time.perf_counter() - start < 5
+
+
+def test_explicit_weights_file_and_hub_file(tmp_path, monkeypatch, fid_state):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in fid_state[0].items()}, str(path))
+    state, source = W.resolve_fid_weights(str(path))
+    assert source == f"file {path}" and W.weights_id(state) == W.weights_id(fid_state[0])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    hub = tmp_path / "torch" / "hub" / "checkpoints" / W.HUB_FILENAME
+    hub.parent.mkdir(parents=True)
+    torch.save(fid_state[0], hub)  # torch-fidelity's file format: a plain state dict
+    state, source = W.resolve_fid_weights()
+    assert source.startswith("torch hub cache") and W.weights_id(state) == W.weights_id(fid_state[0])
+    hub.write_bytes(pickle.dumps({"weights": object()}))
+    with pytest.raises(UserError, match="cannot read FID weights"):
+        W.resolve_fid_weights()
+
+
+def test_restricted_reader_refuses_code_in_a_torchscript_archive(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    buffer = io.BytesIO()
+    pickle.dump({"x": Evil()}, buffer, protocol=2)
+    archive = tmp_path / "evil.pt"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("m/data.pkl", buffer.getvalue())
+    with pytest.raises(pickle.UnpicklingError, match=r"refusing (posix|os)\.system"):
+        W.read_torchscript_tensors(archive)
