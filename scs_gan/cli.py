@@ -233,6 +233,122 @@ def _run_fid_weights(args: argparse.Namespace) -> int:
     return 0 if fid_ok and kid_ok else 1
 
 
+def _add_generate(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="images from a snapshot by seed: a grid (--out) or one PNG per seed (--outdir)",
+        description="Image k comes from seed k, bit for bit, whatever the batch size.",
+    )
+    p.add_argument("--snapshot", required=True, help="snapshot file, save_pretrained directory or Hub id")
+    p.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 3,14,15 (default 0-63)")
+    p.add_argument("--grid", metavar="RxC", help="grid shape, e.g. 8x8 (default: near-square)")
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", metavar="PNG", help="write one grid image")
+    out.add_argument("--outdir", metavar="DIR", help="write one PNG per seed, named by seed")
+    p.add_argument("--trunc", type=float, default=1.0, help="truncation: scale latents towards the mean (1 = off)")
+    p.add_argument("--batch", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.set_defaults(func=_run_generate)
+
+
+def _load_for_sampling(args: argparse.Namespace):
+    import torch
+
+    from .snapshot import load_generator
+
+    if args.batch < 1:
+        raise UserError("--batch must be positive")
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {args.device} was asked for, but no CUDA device is available")
+        torch.backends.cudnn.benchmark = False  # the same kernels whatever the batch
+        torch.backends.cudnn.deterministic = True
+    return load_generator(args.snapshot, device=args.device)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import generate as gen
+
+    seeds = gen.parse_seeds(args.seeds)
+    if args.out:
+        gen.parse_grid(args.grid, len(seeds))  # a bad grid fails before any work
+    generator = _load_for_sampling(args)
+    images = gen.generate(generator, gen.seed_latents(seeds, generator.z_dim, args.trunc), args.batch)
+    if args.out:
+        gen.save_grid(images, Path(args.out), args.grid)
+        print(f"wrote {len(seeds)} images to {args.out}")
+    else:
+        paths = gen.save_per_seed(images, seeds, Path(args.outdir))
+        print(f"wrote {len(paths)} images to {args.outdir}")
+    return 0
+
+
+def _add_interpolate(subparsers) -> None:
+    p = subparsers.add_parser(
+        "interpolate",
+        help="a latent walk between seeds as an animated GIF (or MP4 with an encoder installed)",
+        description="Spherical interpolation between the latents of the given seeds. Several walks separated by "
+        "';' (e.g. '3,14,15;1,2,9') are shown side by side in a grid.",
+    )
+    p.add_argument("--snapshot", required=True, help="snapshot file, save_pretrained directory or Hub id")
+    p.add_argument("--seeds", required=True, help="e.g. 3,14,15 (or several walks: '3,14,15;1,2,9')")
+    p.add_argument("--frames", type=int, default=30, help="frames between consecutive seeds (default 30)")
+    p.add_argument("--loop", action="store_true", help="walk back to the first seed at the end")
+    p.add_argument("--fps", type=float, default=15.0, help="frames per second (default 15)")
+    p.add_argument("--grid", metavar="RxC", help="layout of several walks (default: near-square)")
+    p.add_argument("--out", required=True, help="walk.gif or walk.mp4")
+    p.add_argument("--trunc", type=float, default=1.0, help="truncation towards the mean (1 = off)")
+    p.add_argument("--batch", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.set_defaults(func=_run_interpolate)
+
+
+def _run_interpolate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from . import generate as gen
+    from .images import grid_array
+
+    walks = [gen.parse_seeds(part) for part in args.seeds.split(";") if part.strip()]
+    if len({len(w) for w in walks}) != 1:
+        raise UserError("all walks in --seeds must have the same number of seeds")
+    rows, columns = gen.parse_grid(args.grid, len(walks))
+    suffix = Path(args.out).suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise UserError(f"--out must end in .gif or .mp4, got {Path(args.out).name!r}")
+    generator = _load_for_sampling(args)
+    movies = [
+        gen.generate(generator, gen.walk_latents(w, generator.z_dim, args.frames, args.trunc, args.loop), args.batch)
+        for w in walks
+    ]
+    frames = [grid_array(torch.stack([m[i] for m in movies]), columns, rows) for i in range(len(movies[0]))]
+    gen.save_animation(frames, Path(args.out), args.fps)
+    print(f"wrote {len(frames)} frames to {args.out}")
+    return 0
+
+
+def _add_report(subparsers) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="write a self-contained report.html for one or several run directories (curves overlaid)",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (runs/00003-...)")
+    p.add_argument("--out", metavar="HTML", help="where to write (default: RUN_DIR/report.html of the first run)")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    path = build_report(args.runs, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``scs-gan`` command, with all its subcommands."""
     parser = argparse.ArgumentParser(
@@ -242,7 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"scs-gan {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(subparsers)
+    _add_generate(subparsers)
+    _add_interpolate(subparsers)
     _add_metrics(subparsers)
+    _add_report(subparsers)
     _add_fid_weights(subparsers)
     _add_bench(subparsers)
     _add_data(subparsers)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import from_dict, to_dict
@@ -66,11 +66,84 @@ def read_snapshot(path: str | Path):
     return config, state, extra
 
 
+def save_pretrained(generator: nn.Module, directory: str | Path, run_config: Any | None = None) -> Path:
+    """Save in the Hugging Face Hub layout: ``config.json`` + ``model.safetensors`` in ``directory``.
+
+    ``run_config`` (a RunConfig) defaults to the one the generator was loaded with, if any; the directory can
+    be uploaded to the Hub as it is and read back with :func:`load_generator` / ``Generator.from_pretrained``.
+    """
+    from .training.config import RunConfig
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = run_config or getattr(generator, "snapshot_config", None)
+    if config is None:
+        config = RunConfig()
+        config.model.g = generator.config
+        config.model.z_dim = generator.z_dim
+        config.data.resolution, config.data.channels = generator.resolution, generator.img_channels
+    meta = {"format": SNAPSHOT_FORMAT, "version": SNAPSHOT_VERSION, "run_config": to_dict(config)}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
+    atomic_write(directory / "model.safetensors", lambda tmp: save_file(tensors, str(tmp), {"format": "pt"}))
+    atomic_write(directory / "config.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+    return directory
+
+
+def _read_pretrained(directory: Path):
+    from .training.config import RunConfig
+
+    config_file, weights = directory / "config.json", directory / "model.safetensors"
+    if not config_file.is_file() or not weights.is_file():
+        raise UserError(f"{str(directory)!r} is not a saved generator (it needs config.json and model.safetensors)")
+    try:
+        meta = json.loads(config_file.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"{config_file} is not valid JSON ({error})") from None
+    if meta.get("format") != SNAPSHOT_FORMAT:
+        raise UserError(f"{str(directory)!r} holds no scs_gan generator (config.json has no '{SNAPSHOT_FORMAT}' tag)")
+    if meta.get("version") != SNAPSHOT_VERSION:
+        raise UserError(
+            f"{str(directory)!r} has format version {meta.get('version')}, this scs_gan reads version "
+            f"{SNAPSHOT_VERSION}; use the scs_gan version that wrote it"
+        )
+    try:
+        config = from_dict(RunConfig, meta["run_config"])
+        state = load_file(str(weights))
+    except UserError as error:
+        raise UserError(f"{str(directory)!r} was written with a different config schema: {error}") from None
+    except (KeyError, SafetensorError, OSError) as error:
+        raise UserError(f"{str(directory)!r} is damaged ({error})") from None
+    return config, state, {}
+
+
+def _resolve_location(path: str | Path) -> Path:
+    """A local file or directory; a Hub repository id (``user/name``) is downloaded when huggingface_hub can."""
+    local = Path(path).expanduser()
+    if local.exists() or str(path).endswith(".safetensors") or str(path).count("/") != 1:
+        return local
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return local
+    try:
+        return Path(snapshot_download(str(path), allow_patterns=["config.json", "model.safetensors"]))
+    except Exception as error:  # offline, unknown repository, ...
+        raise UserError(f"{str(path)!r} is neither a local snapshot nor a reachable Hub repository ({error})") from None
+
+
 def load_generator(path: str | Path, device: str | None = None) -> nn.Module:
-    """The EMA generator stored in a snapshot, in eval mode, ready for sampling."""
+    """The generator in a snapshot file or a ``save_pretrained`` directory (or Hub id), in eval mode.
+
+    The returned module maps latents ``(N, z_dim)`` to images in [-1, 1]; ``.snapshot_config`` holds the
+    run's configuration. Nothing is unpickled: the network is built from the config, then loaded strictly.
+    """
     from .models import build_generator
 
-    config, state, extra = read_snapshot(path)
+    location = _resolve_location(path)
+    if location.is_dir():
+        config, state, extra = _read_pretrained(location)
+    else:
+        config, state, extra = read_snapshot(location)
     generator = build_generator(config.model, config.data.resolution, config.data.channels)
     try:
         generator.load_state_dict(state, strict=True)

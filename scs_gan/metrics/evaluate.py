@@ -26,9 +26,10 @@ from torch import Tensor, nn
 from ..data import ImageDataset, shard_indices
 from ..data.dataset import spread_subset
 from ..errors import UserError
+from ..images import to_uint8
 from ..io import atomic_write, cache_dir
 from ..latents import latents_for_seeds
-from .inception import InceptionFeatures, make_fid, make_kid, to_uint8
+from .inception import InceptionFeatures, make_fid, make_kid
 from .protocol import MetricSpec, parse_metric
 from .weights import weights_id
 

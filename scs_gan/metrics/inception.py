@@ -88,8 +88,3 @@ def make_kid(feature: int = 2048, subset_size: int = 1000, subsets: int = 100) -
         return KernelInceptionDistance(
             feature=PrecomputedFeatures(feature), subsets=subsets, subset_size=subset_size, reset_real_features=False
         )
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """Generator output in [-1, 1] to uint8 exactly as the data was quantised (inverse of ``to_float``)."""
-    return (images.float() * 127.5 + 128).clamp_(0, 255).to(torch.uint8)

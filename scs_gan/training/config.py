@@ -37,6 +37,9 @@ class TrainConfig:
         grid_seeds: fixed latents (seeds 0..N-1) for the sample grids.
         runs_dir: where run directories are created; desc: their description (default from the config).
         progress: show a progress bar.
+        trackers: ``wandb`` and/or ``tensorboard`` (scalars, metrics, sample grids, the config); wandb follows
+            ``WANDB_MODE`` (online, offline, disabled); a resumed run continues the same wandb run.
+        wandb_project: the wandb project.
     """
 
     kimg: float = 200.0
@@ -61,6 +64,8 @@ class TrainConfig:
     runs_dir: str = "runs"
     desc: str | None = None
     progress: bool = True
+    trackers: list[Literal["wandb", "tensorboard"]] = field(default_factory=list)
+    wandb_project: str = "scs_gan"
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -33,10 +33,12 @@ from ..config import dump_yaml, from_dict, load_yaml, to_dict
 from ..data import InfiniteLoader, build_dataset, to_float
 from ..data.dataset import spread_subset
 from ..errors import UserError
+from ..images import image_grid, save_image_grid
 from ..io import atomic_write, atomic_write_text
 from ..latents import latents_for_seeds
 from ..models import build_discriminator, build_generator, count_parameters, scs_layers
 from ..snapshot import save_snapshot
+from . import trackers
 from .config import RunConfig
 from .ema import ema_beta, update_ema
 from .losses import d_loss, g_loss, r1_penalty
@@ -46,7 +48,6 @@ from .rundir import (
     create_run_dir,
     prune_checkpoints,
     resolve_resume,
-    save_image_grid,
     truncate_jsonl,
 )
 
@@ -184,15 +185,22 @@ class Trainer:
     """Holds the state of one run; ``run()`` trains until ``train.kimg`` or until stopped."""
 
     def __init__(self, config: RunConfig, resume: str | None = None) -> None:
-        self.accelerator = Accelerator(mixed_precision=config.train.mixed_precision)
-        acc = self.accelerator
-        self.main = acc.is_main_process
+        trackers.check_installed(config.train.trackers)
         checkpoint = None
         if resume is not None:
             checkpoint = resolve_resume(resume, config.train.runs_dir)
-            run_dir = checkpoint.parent.parent
-            saved = from_dict(RunConfig, load_yaml(run_dir / "config.yaml"))
+            saved = from_dict(RunConfig, load_yaml(checkpoint.parent.parent / "config.yaml"))
             config = _parse_resume_overrides(saved, config)
+        self.accelerator = Accelerator(
+            mixed_precision=config.train.mixed_precision,
+            log_with=config.train.trackers or None,
+            # the run directory does not exist yet; trackers.start points the logging dir into it
+            project_config=ProjectConfiguration(project_dir=config.train.runs_dir, logging_dir=config.train.runs_dir),
+        )
+        acc = self.accelerator
+        self.main = acc.is_main_process
+        if checkpoint is not None:
+            run_dir = checkpoint.parent.parent
         else:
             run_dir = (
                 create_run_dir(config.train.runs_dir, config.train.desc or config.describe()) if self.main else None
@@ -232,6 +240,7 @@ class Trainer:
         else:
             set_seed(t.seed, device_specific=True)  # different latents on every process
         self.stop = _StopSignals()
+        self.trackers = trackers.start(acc, config, self.run_dir, self.progress)
 
     # ------------------------------------------------------------------------------------------- setup
 
@@ -269,6 +278,7 @@ class Trainer:
         )
         if not self.main:
             return
+        self.trackers.log_metrics({n: r["value"] for n, r in results.items()}, p.cur_nimg)
         for name, record in results.items():
             append_jsonl(self.run_dir / f"metric-{name}.jsonl", record)
             std = f" +- {record['std']:.5f}" if record.get("std") else ""
@@ -421,6 +431,7 @@ class Trainer:
             images = torch.cat([self.G_ema(z) for z in self.grid_latents.split(64)])
         kimg = round(self.progress.cur_nimg / 1000)
         save_image_grid(images, self.run_dir / f"fakes{kimg:06d}.png")
+        self.trackers.log_grid("fakes", image_grid(images), self.progress.cur_nimg)
 
     def _snapshot_path(self) -> Path:
         kimg = round(self.progress.cur_nimg / 1000)
@@ -513,6 +524,7 @@ class Trainer:
                     done = p.cur_nimg >= total_nimg
                     if done or stop_requested or p.cur_nimg >= p.tick_start_nimg + t.tick_kimg * 1000:
                         record = self._tick_record(sums, time.perf_counter() - tick_start)
+                        self.trackers.log_stats(record, p.cur_nimg)
                         if self.main:
                             append_jsonl(self.run_dir / "stats.jsonl", record)
                             self._log_tick(record)

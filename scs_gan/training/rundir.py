@@ -14,7 +14,6 @@ runs/00003-mnist5k32-scs/
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -22,10 +21,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
-
-import numpy as np
-import torch
-from PIL import Image
 
 from ..errors import UserError
 from ..io import atomic_write
@@ -128,27 +123,6 @@ def truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
         if keep(record):
             lines.append(line)
     atomic_write(path, lambda tmp: tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8"))
-
-
-def image_grid(images: torch.Tensor, columns: int | None = None) -> np.ndarray:
-    """Float images in [-1, 1] ``(N, C, H, W)`` to one uint8 ``(rows * H, columns * W, C)`` array."""
-    images = images.detach().float().cpu()
-    count, channels, height, width = images.shape
-    columns = columns or max(1, math.ceil(math.sqrt(count)))
-    rows = math.ceil(count / columns)
-    pixels = (images * 127.5 + 128).clamp(0, 255).to(torch.uint8)
-    grid = torch.zeros(channels, rows * height, columns * width, dtype=torch.uint8)
-    for i in range(count):
-        r, c = divmod(i, columns)
-        grid[:, r * height : (r + 1) * height, c * width : (c + 1) * width] = pixels[i]
-    return grid.permute(1, 2, 0).numpy()
-
-
-def save_image_grid(images: torch.Tensor, path: Path, columns: int | None = None) -> None:
-    """Save a grid of float images in [-1, 1] as PNG, atomically."""
-    array = image_grid(images, columns)
-    image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
-    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:

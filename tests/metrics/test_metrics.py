@@ -19,9 +19,10 @@ import torch
 
 from scs_gan.data import DataConfig, build_dataset, to_float
 from scs_gan.errors import UserError
+from scs_gan.images import to_uint8
 from scs_gan.metrics import weights as W
 from scs_gan.metrics.evaluate import Evaluator
-from scs_gan.metrics.inception import make_fid, to_uint8
+from scs_gan.metrics.inception import make_fid
 from scs_gan.metrics.protocol import parse_metric
 from scs_gan.models import ModelConfig, build_generator
 from scs_gan.snapshot import save_snapshot

@@ -11,13 +11,14 @@ from safetensors.torch import save_file
 
 from scs_gan.config import dump_yaml, from_dict, load_yaml, to_dict
 from scs_gan.errors import UserError
+from scs_gan.images import image_grid
 from scs_gan.latents import latents_for_seeds
 from scs_gan.models import ModelConfig, build_discriminator, build_generator, count_parameters, scs_layers
 from scs_gan.snapshot import load_generator, save_snapshot
 from scs_gan.training.config import RunConfig, load_config
 from scs_gan.training.ema import ema_beta, update_ema
 from scs_gan.training.losses import d_loss, g_loss, r1_penalty
-from scs_gan.training.rundir import create_run_dir, image_grid, resolve_resume
+from scs_gan.training.rundir import create_run_dir, resolve_resume
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
