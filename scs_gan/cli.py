@@ -349,6 +349,26 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_study(subparsers) -> None:
+    p = subparsers.add_parser(
+        "study",
+        help="train every arm of a study (SCS-GAN, DCGAN, cosine, mixes) at several widths and seeds; tabulate",
+        description="Runs each (arm, width, seed) as an ordinary training run (finished runs are reused, so an "
+        "interrupted study continues), then writes results.json, table.md, fid_vs_params.png and sample grids.",
+    )
+    p.add_argument("--config", default="configs/study/study.yaml", help="the study file")
+    p.add_argument("--out", default="studies/study", help="where runs and results go")
+    p.add_argument("--quick", action="store_true", help="a few steps per arm, one width and seed (checks the tooling)")
+    p.set_defaults(func=_run_study)
+
+
+def _run_study(args: argparse.Namespace) -> int:
+    from .study import run_study
+
+    run_study(args.config, args.out, quick=args.quick)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``scs-gan`` command, with all its subcommands."""
     parser = argparse.ArgumentParser(
@@ -362,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_interpolate(subparsers)
     _add_metrics(subparsers)
     _add_report(subparsers)
+    _add_study(subparsers)
     _add_fid_weights(subparsers)
     _add_bench(subparsers)
     _add_data(subparsers)

@@ -99,9 +99,18 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else key
+        out.update(_flatten(value, path) if isinstance(value, dict) else {path: value})
+    return out
+
+
 def _parse_resume_overrides(saved: RunConfig, given: RunConfig) -> RunConfig:
-    """On resume, the run's own config wins; only train.* options that do not change the maths may differ."""
-    allowed = {
+    """On resume, the run's own config wins. Options that do not change the training maths may be given
+    (a longer ``train.kimg``, other tick intervals, other metrics); anything else is an error."""
+    allowed_train = {
         "kimg",
         "tick_kimg",
         "snapshot_ticks",
@@ -109,21 +118,28 @@ def _parse_resume_overrides(saved: RunConfig, given: RunConfig) -> RunConfig:
         "keep_checkpoints",
         "progress",
         "nan_patience",
+        "runs_dir",
+        "desc",
     }
-    saved_d, given_d = to_dict(saved), to_dict(given)
-    for section in ("data", "model", "train"):
-        for key, value in given_d[section].items():
-            if value != saved_d[section][key] and given_d[section][key] != to_dict(RunConfig())[section][key]:
-                if section == "train" and key in allowed:
-                    saved_d[section][key] = value
-                elif section == "train" and key in ("runs_dir", "desc"):
-                    continue
-                else:
-                    raise UserError(
-                        f"{section}.{key} cannot change when resuming (the run used {saved_d[section][key]!r}); "
-                        "start a new run instead"
-                    )
-    return from_dict(RunConfig, saved_d)
+    saved_f, given_f, default_f = (_flatten(to_dict(c)) for c in (saved, given, RunConfig()))
+    for key, value in given_f.items():
+        if value == saved_f[key] or value == default_f[key]:
+            continue  # not asked for, or no change
+        section, _, name = key.partition(".")
+        if section == "metrics" or (section == "train" and name in allowed_train):
+            saved_f[key] = value
+        else:
+            raise UserError(
+                f"{key} cannot change when resuming (the run used {saved_f[key]!r}); start a new run instead"
+            )
+    nested: dict[str, Any] = {}
+    for key, value in saved_f.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return from_dict(RunConfig, nested)
 
 
 def _layer_stats(modules: dict[str, nn.Module]) -> dict[str, Any]:
@@ -350,7 +366,8 @@ class Trainer:
             self.D.requires_grad_(True)
         return total, math.isfinite(total)
 
-    def _apply(self, optimizer, module: nn.Module, ok: bool) -> None:
+    @staticmethod
+    def _apply(optimizer, ok: bool) -> None:
         if ok:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -363,11 +380,11 @@ class Trainer:
         check_grads = t.mixed_precision != "fp16"  # under fp16 the gradient scaler skips inf steps itself
         ok_d = ok_d and (not check_grads or _grads_finite(self.D))
         ok_d, no_signal = _all_true(self.accelerator, [ok_d, self.stop.received is None])
-        self._apply(self.opt_D, self.D, ok_d)
+        self._apply(self.opt_D, ok_d)
         loss_g, ok_g = self._g_step()
         ok_g = ok_g and (not check_grads or _grads_finite(self.G))
         (ok_g,) = _all_true(self.accelerator, [ok_g])
-        self._apply(self.opt_G, self.G, ok_g)
+        self._apply(self.opt_G, ok_g)
         p.cur_nimg += t.batch
         p.step += 1
         beta = ema_beta(t.batch, t.ema_kimg, p.cur_nimg, t.ema_rampup)

@@ -182,3 +182,17 @@ def test_image_grid_layout():
     grid = image_grid(images, columns=2)
     assert grid.shape == (4, 4, 1)
     assert grid[0, 0, 0] == 0 and grid[0, 2, 0] == 255 and grid[2, 0, 0] == 128 and grid[2, 2, 0] == 0
+
+
+def test_resume_accepts_only_changes_that_keep_the_maths():
+    from scs_gan.training.loop import _parse_resume_overrides
+
+    saved = load_config(CONFIGS / "smoke.yaml")
+    longer = load_config(CONFIGS / "smoke.yaml", ["train.kimg=9", "metrics.names=[fid20_20]"])
+    merged = _parse_resume_overrides(saved, longer)
+    assert merged.train.kimg == 9 and merged.metrics.names == ["fid20_20"]
+    assert merged.model == saved.model
+    with pytest.raises(UserError, match=r"model\.g\.channels cannot change when resuming"):
+        _parse_resume_overrides(saved, load_config(CONFIGS / "smoke.yaml", ["model.g.channels=8"]))
+    with pytest.raises(UserError, match=r"train\.g_lr cannot change"):
+        _parse_resume_overrides(saved, load_config(CONFIGS / "smoke.yaml", ["train.g_lr=0.001"]))

@@ -1,0 +1,249 @@
+"""``scs-gan study``: does sharpening help a GAN? Every arm trained under one protocol, from one command.
+
+A study file (``configs/study/study.yaml``) lists the arms (each a training config plus overrides), the widths,
+the seeds, the training length and the metrics. Every (arm, width, seed) is one ordinary ``scs-gan train``
+run in a subprocess, so the study measures exactly what users run. Finished runs are reused, so an
+interrupted study continues where it stopped. The results go to ``results.json``, a Markdown table, a plot of
+FID against parameter count, and the sample grids of each arm.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import from_dict, load_yaml
+from .errors import UserError
+
+
+@dataclass
+class ArmConfig:
+    """One arm: a training config and overrides (widths and seeds are the study's)."""
+
+    name: str
+    config: str
+    overrides: list[str] = field(default_factory=list)
+    label: str = ""
+
+
+@dataclass
+class StudyConfig:
+    """The whole study (see configs/study/study.yaml)."""
+
+    arms: list[ArmConfig] = field(default_factory=list)
+    widths: list[int] = field(default_factory=lambda: [8, 16, 32])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    kimg: float = 100.0
+    metrics: list[str] = field(default_factory=lambda: ["fid1k_1k", "kid1k_1k"])
+    overrides: list[str] = field(default_factory=list)
+
+
+QUICK = {"widths": [4], "seeds": [0], "kimg": 0.25, "metrics": ["fid16_16", "kid16_16"]}
+
+
+def load_study(path: str | Path, quick: bool = False) -> StudyConfig:
+    """Read a study file; ``quick`` shrinks it to a few steps per arm (for CI)."""
+    data = load_yaml(path)
+    if quick:
+        data = {**data, **QUICK}
+    study = from_dict(StudyConfig, data)
+    if not study.arms:
+        raise UserError(f"study file {str(path)!r} lists no arms")
+    base = Path(path).parent
+    for arm in study.arms:
+        candidate = (base / arm.config) if not Path(arm.config).is_absolute() else Path(arm.config)
+        if not candidate.is_file():
+            raise UserError(f"arm {arm.name!r}: config {arm.config!r} not found next to the study file")
+        arm.config = str(candidate.resolve())
+    return study
+
+
+def _run_name(arm: str, width: int, seed: int) -> str:
+    return f"{arm}-w{width}-s{seed}"
+
+
+def _find_run(runs_dir: Path, name: str) -> Path | None:
+    for path in sorted(runs_dir.glob(f"*-{name}")):
+        if (path / "final.json").is_file():
+            return path
+    return None
+
+
+def _train(study: StudyConfig, arm: ArmConfig, width: int, seed: int, runs_dir: Path, quick: bool) -> Path:
+    name = _run_name(arm.name, width, seed)
+    existing = _find_run(runs_dir, name)
+    if existing is not None:
+        return existing
+    metrics = "[" + ",".join(study.metrics) + "]"
+    overrides = [
+        f"model.g.channels={width}",
+        f"model.d.channels={width}",
+        f"train.seed={seed}",
+        f"train.kimg={study.kimg}",
+        f"train.runs_dir={runs_dir}",
+        f"train.desc={name}",
+        f"metrics.names={metrics}",
+        "train.progress=false",
+        *study.overrides,
+        *arm.overrides,
+    ]
+    if quick:
+        overrides += ["train.tick_kimg=0.125", "train.snapshot_ticks=8", "train.checkpoint_ticks=8", "train.batch=16"]
+    cmd = [sys.executable, "-m", "scs_gan", "train", "--config", arm.config, *overrides]
+    print(f"study: training {name}", flush=True)
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False, env=os.environ.copy())
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise UserError(f"study run {name} failed (exit {result.returncode}): {tail[0]}")
+    found = _find_run(runs_dir, name)
+    if found is None:
+        raise UserError(f"study run {name} finished without a final.json")
+    return found
+
+
+def _collect(run: Path, arm: ArmConfig, width: int, seed: int) -> dict[str, Any]:
+    from .models import build_discriminator, build_generator, count_parameters
+    from .training.config import RunConfig
+
+    config = from_dict(RunConfig, load_yaml(run / "config.yaml"))
+    g = build_generator(config.model, config.data.resolution, config.data.channels)
+    d = build_discriminator(config.model, config.data.resolution, config.data.channels)
+    stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    final = json.loads((run / "final.json").read_text())
+    metrics = {}
+    for path in run.glob("metric-*.jsonl"):
+        last = json.loads(path.read_text().splitlines()[-1])
+        metrics[last["metric"]] = {"value": last["value"], "std": last.get("std")}
+    rates = [s["images_per_s"] for s in stats[1:]] or [s["images_per_s"] for s in stats]
+    last = stats[-1]
+    layer_stats = {which: {k: round(v["mean"], 4) for k, v in last.get(which, {}).items()} for which in ("p", "q")}
+    return {
+        "arm": arm.name,
+        "label": arm.label or arm.name,
+        "width": width,
+        "seed": seed,
+        "run": str(run),
+        "g_kind": config.model.g.kind,
+        "d_kind": config.model.d.kind,
+        "g_params": count_parameters(g),
+        "d_params": count_parameters(d),
+        "metrics": metrics,
+        "images_per_s": statistics.median(rates),
+        "train_seconds": final["train_seconds"],
+        "kimg": final["kimg"],
+        "nan_skips": final["nan_skips"],
+        **layer_stats,
+    }
+
+
+def _summary(records: list[dict[str, Any]], metrics: list[str]) -> list[dict[str, Any]]:
+    """One row per (arm, width): means and spreads over seeds."""
+    rows = []
+    keys = sorted(
+        {(r["arm"], r["width"]) for r in records}, key=lambda k: ([r["arm"] for r in records].index(k[0]), k[1])
+    )
+    for arm, width in keys:
+        group = [r for r in records if r["arm"] == arm and r["width"] == width]
+        row: dict[str, Any] = {
+            "arm": arm,
+            "label": group[0]["label"],
+            "width": width,
+            "seeds": len(group),
+            "g_params": group[0]["g_params"],
+            "d_params": group[0]["d_params"],
+            "images_per_s": statistics.mean(r["images_per_s"] for r in group),
+            "train_seconds": statistics.mean(r["train_seconds"] for r in group),
+        }
+        for name in metrics:
+            values = [r["metrics"][name]["value"] for r in group if name in r["metrics"]]
+            row[name] = statistics.mean(values) if values else math.nan
+            row[f"{name}_spread"] = (max(values) - min(values)) / 2 if len(values) > 1 else math.nan
+            row[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else math.nan
+        rows.append(row)
+    return rows
+
+
+def _table(rows: list[dict[str, Any]], metrics: list[str]) -> str:
+    fid = next((m for m in metrics if m.startswith("fid")), None)
+    kid = next((m for m in metrics if m.startswith("kid")), None)
+    head = ["arm", "width", "G params", "D params", "seeds"]
+    if fid:
+        head.append(f"{fid} (mean ± std)")
+    if kid:
+        head.append(f"{kid} (mean)")
+    head += ["images/s", "train time (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["label"], str(r["width"]), f"{r['g_params']:,}", f"{r['d_params']:,}", str(r["seeds"])]
+        if fid:
+            std = r[f"{fid}_std"]
+            cells.append(f"{r[fid]:.1f}" + ("" if math.isnan(std) else f" ± {std:.1f}"))
+        if kid:
+            cells.append(f"{r[kid]:.4f}")
+        cells += [f"{r['images_per_s']:.0f}", f"{r['train_seconds']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plot(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    for i, arm in enumerate(arms):
+        group = [r for r in rows if r["arm"] == arm]
+        xs = [r["g_params"] + r["d_params"] for r in group]
+        ys = [r[metric] for r in group]
+        errs = [0 if math.isnan(r[f"{metric}_std"]) else r[f"{metric}_std"] for r in group]
+        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, color=f"C{i}", label=group[0]["label"])
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (G + D)")
+    ax.set_ylabel(f"{metric} (lower is better)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def run_study(path: str | Path, out: str | Path, quick: bool = False) -> Path:
+    """Train every (arm, width, seed) that is not done yet, then write the results into ``out``."""
+    study = load_study(path, quick)
+    out = Path(out)
+    runs_dir = out / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    records = []
+    for arm in study.arms:
+        for width in study.widths:
+            for seed in study.seeds:
+                run = _train(study, arm, width, seed, runs_dir, quick)
+                records.append(_collect(run, arm, width, seed))
+    rows = _summary(records, study.metrics)
+    (out / "results.json").write_text(
+        json.dumps({"study": str(path), "quick": quick, "records": records, "summary": rows}, indent=1)
+    )
+    (out / "table.md").write_text(_table(rows, study.metrics) + "\n")
+    fid = next((m for m in study.metrics if m.startswith("fid")), None)
+    if fid:
+        _plot(rows, fid, out / "fid_vs_params.png")
+    samples = out / "samples"
+    samples.mkdir(exist_ok=True)
+    for record in records:
+        if record["seed"] == study.seeds[0]:
+            grids = sorted(Path(record["run"]).glob("fakes*.png"))
+            if grids:
+                shutil.copyfile(grids[-1], samples / f"{record['arm']}-w{record['width']}.png")
+    print(f"study: {len(records)} runs, results in {out} ({time.perf_counter() - start:.0f} s)")
+    return out

@@ -1,0 +1,55 @@
+"""`scs-gan study --quick`: every arm trains for a few steps and the results are tabulated."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scs_gan.errors import UserError
+from scs_gan.study import load_study
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = REPO / "configs" / "study" / "study.yaml"
+
+
+def test_study_files_are_valid():
+    for name in ("study.yaml", "explore.yaml"):
+        study = load_study(REPO / "configs" / "study" / name)
+        assert study.arms and all(Path(arm.config).is_file() for arm in study.arms)
+    full = load_study(STUDY)
+    assert [a.name for a in full.arms] == ["scs", "dcgan", "cosine", "scs_d_conv_g", "conv_d_scs_g"]
+    assert len(full.widths) >= 3 and len(full.seeds) >= 3
+
+
+def test_bad_study_file(tmp_path):
+    (tmp_path / "s.yaml").write_text("arms: [{name: a, config: missing.yaml}]\n")
+    with pytest.raises(UserError, match="not found next to the study file"):
+        load_study(tmp_path / "s.yaml")
+
+
+def test_quick_study_trains_every_arm_and_writes_the_table(tmp_path, fid_weights_file):
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "SCS_GAN_CACHE": str(tmp_path / "cache"),
+        "SCS_GAN_FID_WEIGHTS": fid_weights_file,
+    }
+    cmd = [sys.executable, "-m", "scs_gan", "study", "--config", str(STUDY), "--out", str(tmp_path / "s"), "--quick"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = tmp_path / "s"
+    table = (out / "table.md").read_text().splitlines()
+    assert len(table) == 2 + 5  # header, rule, one row per arm
+    for label in ("SCS-GAN", "DCGAN", "cosine only", "SCS D + conv G", "conv D + SCS G"):
+        assert any(line.startswith(f"| {label}") for line in table), label
+    results = json.loads((out / "results.json").read_text())
+    scs = next(r for r in results["records"] if r["arm"] == "scs")
+    assert scs["p"] and all(v >= 1.0 for v in scs["p"].values()) and "fid16_16" in scs["metrics"]
+    assert (out / "fid_vs_params.png").is_file() and len(list((out / "samples").glob("*.png"))) == 5
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert again.returncode == 0 and "training" not in again.stdout  # finished runs are reused
