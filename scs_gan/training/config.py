@@ -26,6 +26,8 @@ class TrainConfig:
         batch: images per optimiser step over all processes; batch_gpu: per process and micro-batch
             (default: batch / processes); gradients are accumulated exactly over the micro-batches.
         g_lr, d_lr, betas: Adam settings.
+        pq_lr_mul: learning-rate multiplier for the SCS exponents and norm floors (``p_raw``, ``q_raw``): Adam
+            moves each by about the learning rate per step, so without it they barely leave their initial values.
         loss: ``logistic`` (non-saturating) or ``hinge``.
         r1_gamma: R1 penalty weight (0 = off), applied lazily every r1_interval D steps.
         ema_kimg, ema_rampup: half-life of the generator EMA in kimg, and its ramp-up (null = none).
@@ -48,6 +50,7 @@ class TrainConfig:
     g_lr: float = 2e-4
     d_lr: float = 2e-4
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    pq_lr_mul: float = 1.0
     loss: Literal["logistic", "hinge"] = "logistic"
     r1_gamma: float = 0.0
     r1_interval: int = 16
@@ -111,8 +114,8 @@ class RunConfig:
             raise UserError("train.batch and train.batch_gpu must be positive")
         if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
             raise UserError(f"train.betas must be two numbers in [0, 1), got {t.betas}")
-        if t.g_lr <= 0 or t.d_lr <= 0:
-            raise UserError("train.g_lr and train.d_lr must be positive")
+        if t.g_lr <= 0 or t.d_lr <= 0 or t.pq_lr_mul <= 0:
+            raise UserError("train.g_lr, train.d_lr and train.pq_lr_mul must be positive")
         if t.r1_gamma < 0 or t.r1_interval < 1:
             raise UserError("train.r1_gamma must be >= 0 and train.r1_interval >= 1")
         if min(t.snapshot_ticks, t.checkpoint_ticks, t.keep_checkpoints, t.nan_patience, t.grid_seeds) < 1:

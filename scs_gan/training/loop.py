@@ -156,6 +156,17 @@ def _layer_stats(modules: dict[str, nn.Module]) -> dict[str, Any]:
     return stats
 
 
+def _param_groups(module: nn.Module, lr: float, pq_lr_mul: float) -> list[dict[str, Any]]:
+    """Adam parameter groups: the SCS exponents and norm floors get ``lr * pq_lr_mul``, the rest ``lr``."""
+    pq, rest = [], []
+    for name, param in module.named_parameters():
+        (pq if name.endswith(("p_raw", "q_raw")) else rest).append(param)
+    groups = [{"params": rest, "lr": lr}]
+    if pq:
+        groups.append({"params": pq, "lr": lr * pq_lr_mul})
+    return groups
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -234,8 +245,8 @@ class Trainer:
         torch.manual_seed(t.seed)  # identical initial weights on every process
         generator = build_generator(config.model, config.data.resolution, config.data.channels)
         discriminator = build_discriminator(config.model, config.data.resolution, config.data.channels)
-        opt_g = torch.optim.Adam(generator.parameters(), lr=t.g_lr, betas=tuple(t.betas))
-        opt_d = torch.optim.Adam(discriminator.parameters(), lr=t.d_lr, betas=tuple(t.betas))
+        opt_g = torch.optim.Adam(_param_groups(generator, t.g_lr, t.pq_lr_mul), betas=tuple(t.betas))
+        opt_d = torch.optim.Adam(_param_groups(discriminator, t.d_lr, t.pq_lr_mul), betas=tuple(t.betas))
         self.G, self.D, self.opt_G, self.opt_D = acc.prepare(generator, discriminator, opt_g, opt_d)
         self.G_ema = copy.deepcopy(acc.unwrap_model(self.G)).eval().requires_grad_(False)
         self.loader = InfiniteLoader(

@@ -196,3 +196,18 @@ def test_resume_accepts_only_changes_that_keep_the_maths():
         _parse_resume_overrides(saved, load_config(CONFIGS / "smoke.yaml", ["model.g.channels=8"]))
     with pytest.raises(UserError, match=r"train\.g_lr cannot change"):
         _parse_resume_overrides(saved, load_config(CONFIGS / "smoke.yaml", ["train.g_lr=0.001"]))
+
+
+def test_p_and_q_get_their_own_learning_rate():
+    from scs_gan.training.loop import _param_groups
+
+    model = ModelConfig()
+    g = build_generator(model, 32, 1)
+    groups = _param_groups(g, 2e-4, 20.0)
+    assert groups[0]["lr"] == 2e-4 and groups[1]["lr"] == pytest.approx(4e-3)
+    names = {id(p): n for n, p in g.named_parameters()}
+    assert all(names[id(p)].endswith(("p_raw", "q_raw")) for p in groups[1]["params"])
+    assert sum(len(gr["params"]) for gr in groups) == len(list(g.parameters()))
+    conv = ModelConfig()
+    conv.g.kind = "conv"
+    assert len(_param_groups(build_generator(conv, 32, 1), 2e-4, 20.0)) == 1
