@@ -42,7 +42,8 @@ class GeneratorConfig:
         max_channels: cap on any layer's width.
         activation: between layers; ``auto`` is ``relu`` for conv (DCGAN) and ``lrelu`` (LeakyReLU 0.2) for
             scs/cosine: without it the SCS generator did not learn MNIST (docs/RESULTS.md).
-        p_init, p_floor, q_init: initial exponent, its floor and the initial norm floor of SCS layers.
+        p_init, p_floor, q_init: initial exponent, its floor and the initial norm floor of SCS layers
+            (p_init 1.1 measured better than 1.5 and 2.0 for GANs: docs/RESULTS.md).
         out_gain: initial value of the learned gain before ``tanh`` (scs/cosine).
         gain_lr_mul: learning-rate multiplier of that gain and its bias (see :class:`Gain`).
     """
@@ -51,7 +52,7 @@ class GeneratorConfig:
     channels: int = 32
     max_channels: int = 256
     activation: Literal["auto", "none", "relu", "lrelu", "abs"] = "auto"
-    p_init: float = 1.5
+    p_init: float = 1.1
     p_floor: float = 1.0
     q_init: float = 0.1
     out_gain: float = 2.0
@@ -78,7 +79,7 @@ class DiscriminatorConfig:
     max_channels: int = 256
     downsample: Literal["stride", "maxabspool"] = "stride"
     activation: Literal["auto", "none", "relu", "lrelu", "abs"] = "auto"
-    p_init: float = 1.5
+    p_init: float = 1.1
     p_floor: float = 1.0
     q_init: float = 0.1
     out_gain: float = 4.0

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import _kernels
+
 __all__ = [
     "max_abs_pool2d",
     "sharpened_cosine_similarity2d",
@@ -154,6 +156,50 @@ def _sharpen_backward(g: Tensor, y: Tensor, p: Tensor, eps: float) -> tuple[Tens
     return grad_c, grad_p, grad_c_times_c
 
 
+def _group_square_sum(x: Tensor, groups: int, out_dtype: torch.dtype) -> Tensor:
+    """``sum over each group's channels of x ** 2``: ``(B, C, H, W) -> (B, groups, H, W)`` in ``out_dtype``."""
+    batch, channels, height, width = x.shape
+    if _kernels.usable(x) and x.is_contiguous():
+        return (
+            _kernels.get()
+            .group_square_sum(x.view(batch, channels, height * width), groups)
+            .view(batch, groups, height, width)
+        )
+    wide = x if x.dtype == out_dtype else x.to(out_dtype)
+    return wide.square().view(batch, groups, channels // groups, height, width).sum(2)
+
+
+def _fused_forward_(dot: Tensor, shape5, inv_x: Tensor, inv_w: Tensor | None, p: Tensor | None, eps: float) -> None:
+    """The forward's element-wise work in one pass (see ``_kernels``), in place on ``dot``."""
+    batch, groups, per_group, out_h, out_w = shape5
+    empty = dot.new_empty(0)
+    _kernels.get().forward_(
+        dot.view(batch, groups, per_group, out_h * out_w),
+        inv_x.contiguous().view(batch, groups, out_h * out_w),
+        empty if inv_w is None else inv_w.contiguous().view(groups, per_group, out_h * out_w),
+        empty if p is None else p.contiguous(),
+        eps,
+    )
+
+
+def _fused_backward(g5, y0, shape5, inv_x, inv_w, p, eps, keep_t: bool):
+    """(grad_dot, sum over each group's channels of grad_c * c, grad_p, grad_c * c or empty) in one pass."""
+    batch, groups, per_group, out_h, out_w = shape5
+    flat = (batch, groups, per_group, out_h * out_w)
+    empty = y0.new_empty(0)
+    grad_dot, t_x, grad_p, t_elem = _kernels.get().backward(
+        g5.reshape(flat),
+        y0.contiguous().view(flat),
+        inv_x.contiguous().view(batch, groups, out_h * out_w),
+        empty if inv_w is None else inv_w.contiguous().view(groups, per_group, out_h * out_w),
+        empty if p is None else p.contiguous(),
+        eps,
+        keep_t,
+    )
+    grad_p = grad_p if p is not None else None
+    return grad_dot.view(shape5), t_x, grad_p, (t_elem.view(shape5) if keep_t else None)
+
+
 def _sharpen_or_identity_backward(g, y, p, eps) -> tuple[Tensor, Tensor | None, Tensor]:
     if p is None:
         return g, None, g * y
@@ -198,18 +244,22 @@ def _scs2d_composite(x, w_hat, p, q, bias, stride, padding, dilation, groups, ep
 class _SCS2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_hat, p, q, bias, stride, padding, dilation, groups, eps, out_dtype):  # type: ignore[override]
-        batch, channels, height, width = x.shape
+        batch = x.shape[0]
         out_channels = w_hat.shape[0]
         dot = F.conv2d(x, w_hat, None, stride, padding, dilation, groups)
         dot = dot.to(out_dtype)
         _, _, out_h, out_w = dot.shape
-        x_wide = x if x.dtype == out_dtype else x.to(out_dtype)
-        x2 = x_wide.square().view(batch, groups, channels // groups, height, width).sum(2)
+        x2 = _group_square_sum(x, groups, out_dtype)
         norm = _window_sum(x2, w_hat.shape[2:], stride, padding, dilation).add_(eps).sqrt_()
         inv = (norm + q).reciprocal_()
-        c5 = dot.view(batch, groups, out_channels // groups, out_h, out_w).mul_(inv.unsqueeze(2))
-        y5 = c5 if p is None else _sharpen_forward_(c5, p.view(1, groups, -1, 1, 1), eps)
-        y = y5.view(dot.shape)
+        shape5 = (batch, groups, out_channels // groups, out_h, out_w)
+        if _kernels.usable(dot):
+            _fused_forward_(dot, shape5, inv, None, p, eps)
+            y = dot
+        else:
+            c5 = dot.view(shape5).mul_(inv.unsqueeze(2))
+            y5 = c5 if p is None else _sharpen_forward_(c5, p.view(1, groups, -1, 1, 1), eps)
+            y = y5.view(dot.shape)
         if bias is not None:
             y.add_(bias.view(1, -1, 1, 1))
         ctx.save_for_backward(x, w_hat, p, q, bias, y, inv, norm)
@@ -234,13 +284,16 @@ class _SCS2dFunction(torch.autograd.Function):
         shape5 = (batch, groups, out_channels // groups, out_h, out_w)
         g5 = g.contiguous().view(shape5)
         y0 = y if bias is None else y - bias.view(1, -1, 1, 1)
-        p5 = None if p is None else p.view(1, groups, -1, 1, 1)
-        grad_c, grad_p, gc_c = _sharpen_or_identity_backward(g5, y0.view(shape5), p5, eps)
-
         # c = dot * inv with inv = 1 / (norm + q) and norm = sqrt(window_sum(x^2) + eps).
-        grad_norm = gc_c.sum(2).mul_(inv).neg_()
+        if _kernels.usable(g5, y0):
+            grad_dot, t_x, grad_p, _ = _fused_backward(g5, y0, shape5, inv, None, p, eps, keep_t=False)
+            grad_norm = t_x.view(inv.shape).mul_(inv).neg_()
+        else:
+            p5 = None if p is None else p.view(1, groups, -1, 1, 1)
+            grad_c, grad_p, gc_c = _sharpen_or_identity_backward(g5, y0.view(shape5), p5, eps)
+            grad_norm = gc_c.sum(2).mul_(inv).neg_()
+            grad_dot = grad_c * inv.unsqueeze(2) if grad_c is g5 else grad_c.mul_(inv.unsqueeze(2))
         grad_q = grad_norm.sum() if _needs(ctx, 3) else None
-        grad_dot = grad_c * inv.unsqueeze(2) if grad_c is g5 else grad_c.mul_(inv.unsqueeze(2))
         grad_dot = grad_dot.view(y.shape).to(x.dtype)
 
         grad_x = grad_w = None
@@ -380,12 +433,11 @@ def _window_scatter(x2: Tensor, out_hw, kernel, stride, padding, output_padding,
 class _SCSTranspose2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, w2, p, q, bias, stride, padding, output_padding, dilation, groups, eps, out_dtype):  # type: ignore[override]
-        batch, channels, height, width = x.shape
+        batch, _, height, width = x.shape
         kernel = tuple(w.shape[2:])
         dot = F.conv_transpose2d(x, w, None, stride, padding, output_padding, groups, dilation).to(out_dtype)
         _, out_channels, out_h, out_w = dot.shape
-        x_wide = x if x.dtype == out_dtype else x.to(out_dtype)
-        x2 = x_wide.square().view(batch, groups, channels // groups, height, width).sum(2)
+        x2 = _group_square_sum(x, groups, out_dtype)
         n2 = _window_scatter(x2, (out_h, out_w), kernel, stride, padding, output_padding, dilation)
         norm = n2.add_(eps).sqrt_()
         inv_x = (norm + q).reciprocal_()
@@ -393,9 +445,13 @@ class _SCSTranspose2dFunction(torch.autograd.Function):
         wn2 = F.conv_transpose2d(ones_x, w2, None, stride, padding, output_padding, groups, dilation)
         inv_w = wn2.add_(eps).rsqrt_()
         shape5 = (batch, groups, out_channels // groups, out_h, out_w)
-        c5 = dot.view(shape5).mul_(inv_x.unsqueeze(2)).mul_(inv_w.view(1, *shape5[1:]))
-        y5 = c5 if p is None else _sharpen_forward_(c5, p.view(1, groups, -1, 1, 1), eps)
-        y = y5.view(dot.shape)
+        if _kernels.usable(dot):
+            _fused_forward_(dot, shape5, inv_x, inv_w, p, eps)
+            y = dot
+        else:
+            c5 = dot.view(shape5).mul_(inv_x.unsqueeze(2)).mul_(inv_w.view(1, *shape5[1:]))
+            y5 = c5 if p is None else _sharpen_forward_(c5, p.view(1, groups, -1, 1, 1), eps)
+            y = y5.view(dot.shape)
         if bias is not None:
             y.add_(bias.view(1, -1, 1, 1))
         ctx.save_for_backward(x, w, w2, p, q, bias, y, inv_x, norm, inv_w)
@@ -423,12 +479,16 @@ class _SCSTranspose2dFunction(torch.autograd.Function):
         shape5 = (batch, groups, out_channels // groups, out_h, out_w)
         g5 = g.contiguous().view(shape5)
         y0 = y if bias is None else y - bias.view(1, -1, 1, 1)
-        p5 = None if p is None else p.view(1, groups, -1, 1, 1)
-        grad_c, grad_p, gc_c = _sharpen_or_identity_backward(g5, y0.view(shape5), p5, eps)
         inv_w5 = inv_w.view(1, *shape5[1:])
-
         # c = dot * inv_x * inv_w; inv_x = 1 / (norm + q); inv_w = (wn2 + eps) ** -1/2.
-        grad_norm = gc_c.sum(2).mul_(inv_x).neg_()
+        fused = _kernels.usable(g5, y0)
+        if fused:
+            grad_dot, t_x, grad_p, gc_c = _fused_backward(g5, y0, shape5, inv_x, inv_w, p, eps, keep_t=True)
+            grad_norm = t_x.view(inv_x.shape).mul_(inv_x).neg_()
+        else:
+            p5 = None if p is None else p.view(1, groups, -1, 1, 1)
+            grad_c, grad_p, gc_c = _sharpen_or_identity_backward(g5, y0.view(shape5), p5, eps)
+            grad_norm = gc_c.sum(2).mul_(inv_x).neg_()
         grad_q = grad_norm.sum() if _needs(ctx, 4) else None
         grad_w2 = None
         if _needs(ctx, 2):
@@ -448,8 +508,10 @@ class _SCSTranspose2dFunction(torch.autograd.Function):
                 groups,
                 [False, True, False],
             )
-        grad_dot = grad_c * inv_x.unsqueeze(2) if grad_c is g5 else grad_c.mul_(inv_x.unsqueeze(2))
-        grad_dot = grad_dot.mul_(inv_w5).view(y.shape).to(x.dtype)
+        if not fused:
+            grad_dot = grad_c * inv_x.unsqueeze(2) if grad_c is g5 else grad_c.mul_(inv_x.unsqueeze(2))
+            grad_dot = grad_dot.mul_(inv_w5)
+        grad_dot = grad_dot.view(y.shape).to(x.dtype)
 
         grad_x = grad_w = None
         if _needs(ctx, 0) or _needs(ctx, 1):

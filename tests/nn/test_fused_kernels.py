@@ -1,0 +1,72 @@
+"""The fused CPU kernels compute what the eager layers compute (float32), and change nothing else."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scs_gan.nn import SCS2d, SCSTranspose2d, _kernels
+
+
+@pytest.fixture
+def kernel_mode(monkeypatch):
+    def set_mode(mode: str) -> None:
+        monkeypatch.setenv("SCS_GAN_KERNELS", mode)
+        monkeypatch.setitem(_kernels._state, "tried", False)
+        monkeypatch.setitem(_kernels._state, "module", None)
+
+    return set_mode
+
+
+def _forward_backward(layer, x):
+    x = x.clone().requires_grad_()
+    y = layer(x)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    return y.detach(), torch.autograd.grad(y, [x, *layer.parameters()], g)
+
+
+LAYERS = [
+    lambda **kw: SCS2d(4, 6, 3, 2, 1, 1, 2, **kw),
+    lambda **kw: SCS2d(3, 8, 3, 1, 1, **kw),
+    lambda **kw: SCS2d(1, 4, 4, 2, 1, **kw),
+    lambda **kw: SCSTranspose2d(4, 6, 4, 2, 1, 0, 2, **kw),
+    lambda **kw: SCSTranspose2d(3, 8, 3, 1, 0, **kw),
+]
+
+
+@pytest.mark.parametrize("make", LAYERS)
+@pytest.mark.parametrize("sharpen,bias", [(True, False), (False, False), (True, True), (False, True)])
+def test_fused_kernels_match_the_eager_layers(kernel_mode, make, sharpen, bias):
+    kernel_mode("fused")
+    torch.manual_seed(0)
+    layer = make(sharpen=sharpen, bias=bias)
+    with torch.no_grad():
+        if sharpen:
+            layer.p_raw.uniform_(-1.0, 1.5)
+        if bias:
+            layer.bias.normal_()
+    x = torch.randn(5, layer.in_channels, 9, 9)
+    assert _kernels.usable(x)
+    y_fused, g_fused = _forward_backward(layer, x)
+    kernel_mode("eager")
+    assert not _kernels.usable(x)
+    y_eager, g_eager = _forward_backward(layer, x)
+    torch.testing.assert_close(y_fused, y_eager, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_fused, g_eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item() + 1e-7)
+
+
+def test_fused_kernels_on_zero_inputs_and_float64_falls_back(kernel_mode):
+    kernel_mode("fused")
+    layer = SCS2d(3, 4, 3, padding=1)
+    _, grads = _forward_backward(layer, torch.zeros(2, 3, 6, 6))
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert not _kernels.usable(torch.zeros(1, dtype=torch.float64))
+
+
+def test_loading_the_kernels_keeps_denormals(kernel_mode):
+    """-ffast-math is a compile flag only: the process must not start flushing denormals to zero."""
+    kernel_mode("fused")
+    assert _kernels.get() is not None
+    tiny = torch.tensor(1e-40)
+    assert (tiny * 1.0).item() != 0.0
