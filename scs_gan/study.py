@@ -225,11 +225,12 @@ def run_study(path: str | Path, out: str | Path, quick: bool = False) -> Path:
     runs_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     records = []
-    for arm in study.arms:
-        for width in study.widths:
-            for seed in study.seeds:
+    for seed in study.seeds:  # all arms for one seed first: a partial study is already a comparison
+        for arm in study.arms:
+            for width in study.widths:
                 run = _train(study, arm, width, seed, runs_dir, quick)
                 records.append(_collect(run, arm, width, seed))
+    records.sort(key=lambda r: ([a.name for a in study.arms].index(r["arm"]), r["width"], r["seed"]))
     rows = _summary(records, study.metrics)
     (out / "results.json").write_text(
         json.dumps({"study": str(path), "quick": quick, "records": records, "summary": rows}, indent=1)
