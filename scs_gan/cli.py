@@ -359,13 +359,14 @@ def _add_study(subparsers) -> None:
     p.add_argument("--config", default="configs/study/study.yaml", help="the study file")
     p.add_argument("--out", default="studies/study", help="where runs and results go")
     p.add_argument("--quick", action="store_true", help="a few steps per arm, one width and seed (checks the tooling)")
+    p.add_argument("--collect-only", action="store_true", help="train nothing; tabulate the runs finished so far")
     p.set_defaults(func=_run_study)
 
 
 def _run_study(args: argparse.Namespace) -> int:
     from .study import run_study
 
-    run_study(args.config, args.out, quick=args.quick)
+    run_study(args.config, args.out, quick=args.quick, collect_only=args.collect_only)
     return 0
 
 

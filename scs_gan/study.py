@@ -217,8 +217,11 @@ def _plot(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     plt.close(fig)
 
 
-def run_study(path: str | Path, out: str | Path, quick: bool = False) -> Path:
-    """Train every (arm, width, seed) that is not done yet, then write the results into ``out``."""
+def run_study(path: str | Path, out: str | Path, quick: bool = False, collect_only: bool = False) -> Path:
+    """Train every (arm, width, seed) that is not done yet, then write the results into ``out``.
+
+    With ``collect_only`` nothing is trained: the results are written from the runs finished so far.
+    """
     study = load_study(path, quick)
     out = Path(out)
     runs_dir = out / "runs"
@@ -228,8 +231,15 @@ def run_study(path: str | Path, out: str | Path, quick: bool = False) -> Path:
     for seed in study.seeds:  # all arms for one seed first: a partial study is already a comparison
         for arm in study.arms:
             for width in study.widths:
-                run = _train(study, arm, width, seed, runs_dir, quick)
+                if collect_only:
+                    run = _find_run(runs_dir, _run_name(arm.name, width, seed))
+                    if run is None:
+                        continue
+                else:
+                    run = _train(study, arm, width, seed, runs_dir, quick)
                 records.append(_collect(run, arm, width, seed))
+    if not records:
+        raise UserError(f"no finished study runs under {runs_dir}")
     records.sort(key=lambda r: ([a.name for a in study.arms].index(r["arm"]), r["width"], r["seed"]))
     rows = _summary(records, study.metrics)
     (out / "results.json").write_text(

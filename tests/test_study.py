@@ -53,3 +53,15 @@ def test_quick_study_trains_every_arm_and_writes_the_table(tmp_path, fid_weights
     assert (out / "fid_vs_params.png").is_file() and len(list((out / "samples").glob("*.png"))) == 5
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert again.returncode == 0 and "training" not in again.stdout  # finished runs are reused
+    (out / "table.md").unlink()
+    collect = subprocess.run(
+        [*cmd, "--collect-only"], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+    assert collect.returncode == 0 and (out / "table.md").read_text().splitlines() == table
+
+
+def test_collect_only_without_runs_is_a_clear_error(tmp_path):
+    cmd = [sys.executable, "-m", "scs_gan", "study", "--config", str(STUDY), "--out", str(tmp_path), "--collect-only"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode != 0 and "no finished study runs" in result.stderr
+    assert "Traceback" not in result.stderr
