@@ -78,11 +78,11 @@ def _find_run(runs_dir: Path, name: str) -> Path | None:
     return None
 
 
-def _train(study: StudyConfig, arm: ArmConfig, width: int, seed: int, runs_dir: Path, quick: bool) -> Path:
+def train_overrides(
+    study: StudyConfig, arm: ArmConfig, width: int, seed: int, runs_dir: Path, quick: bool = False
+) -> list[str]:
+    """The ``scs-gan train`` overrides of one study run (on top of the arm's config file)."""
     name = _run_name(arm.name, width, seed)
-    existing = _find_run(runs_dir, name)
-    if existing is not None:
-        return existing
     metrics = "[" + ",".join(study.metrics) + "]"
     overrides = [
         f"model.g.channels={width}",
@@ -98,6 +98,15 @@ def _train(study: StudyConfig, arm: ArmConfig, width: int, seed: int, runs_dir: 
     ]
     if quick:
         overrides += ["train.tick_kimg=0.125", "train.snapshot_ticks=8", "train.checkpoint_ticks=8", "train.batch=16"]
+    return overrides
+
+
+def _train(study: StudyConfig, arm: ArmConfig, width: int, seed: int, runs_dir: Path, quick: bool) -> Path:
+    name = _run_name(arm.name, width, seed)
+    existing = _find_run(runs_dir, name)
+    if existing is not None:
+        return existing
+    overrides = train_overrides(study, arm, width, seed, runs_dir, quick)
     cmd = [sys.executable, "-m", "scs_gan", "train", "--config", arm.config, *overrides]
     print(f"study: training {name}", flush=True)
     result = subprocess.run(cmd, capture_output=True, text=True, check=False, env=os.environ.copy())
