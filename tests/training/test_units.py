@@ -195,7 +195,7 @@ def test_resume_accepts_only_changes_that_keep_the_maths():
     with pytest.raises(UserError, match=r"model\.g\.channels cannot change when resuming"):
         _parse_resume_overrides(saved, load_config(CONFIGS / "smoke.yaml", ["model.g.channels=8"]))
     with pytest.raises(UserError, match=r"train\.g_lr cannot change"):
-        _parse_resume_overrides(saved, load_config(CONFIGS / "smoke.yaml", ["train.g_lr=0.001"]))
+        _parse_resume_overrides(saved, load_config(CONFIGS / "smoke.yaml", ["train.g_lr=0.0003"]))
 
 
 def test_p_and_q_get_their_own_learning_rate():
