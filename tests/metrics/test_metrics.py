@@ -27,6 +27,7 @@ from scs_gan.metrics.protocol import parse_metric
 from scs_gan.models import ModelConfig, build_generator
 from scs_gan.snapshot import save_snapshot
 from scs_gan.training.config import RunConfig
+from tests.launch import TWO_PROCESS_LAUNCH
 
 
 @pytest.fixture(scope="module")
@@ -117,22 +118,8 @@ def test_two_processes_give_the_same_result_as_one(tmp_path, fid_weights_file):
     args = ["-m", "scs_gan", "metrics", "--snapshot", str(snapshot), "--metrics", "fid40_40,kid40_40"]
     one = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600, check=False)
     assert one.returncode == 0, one.stderr
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
     two = subprocess.run(
-        [*launch, *args],
+        [*TWO_PROCESS_LAUNCH, *args],
         capture_output=True,
         text=True,
         timeout=600,

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from scs_gan.snapshot import load_generator
+from tests.launch import TWO_PROCESS_LAUNCH
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = str(REPO / "configs" / "smoke.yaml")
@@ -189,18 +190,7 @@ def test_nan_guard_skips_counts_and_stops_with_a_checkpoint(tmp_path):
 
 def test_two_processes_under_accelerate_end_identical(tmp_path):
     cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *TWO_PROCESS_LAUNCH,
         "-m",
         "scs_gan",
         "train",
