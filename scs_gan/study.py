@@ -234,7 +234,8 @@ def run_study(path: str | Path, out: str | Path, quick: bool = False, collect_on
     study = load_study(path, quick)
     out = Path(out)
     runs_dir = out / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    if not collect_only:  # tabulating must not create a study where there was none (e.g. a mistyped --out)
+        runs_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     records = []
     for seed in study.seeds:  # all arms for one seed first: a partial study is already a comparison

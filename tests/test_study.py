@@ -79,3 +79,4 @@ def test_collect_only_without_runs_is_a_clear_error(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode != 0 and "no finished study runs" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
