@@ -8,13 +8,14 @@ tensor; large ones stream from their files.
 from __future__ import annotations
 
 import hashlib
+import struct
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -196,9 +197,30 @@ def fit_square(images: Tensor, resolution: int, pad_small: bool = False) -> Tens
     return out[:, :, top : top + resolution, left : left + resolution].contiguous()
 
 
+# 16-bit grayscale PNGs open as ``I;16`` (``I`` in older Pillow); ``convert("L")`` would clip their 0..65535 to 255.
+SIXTEEN_BIT_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_8_bit(image: Image.Image) -> Image.Image:
+    """``image`` with 16-bit grayscale samples scaled to 8 bits (``value >> 8``); other modes are returned as is.
+
+    PIL already decodes 16-bit RGB(A) and grayscale-with-alpha PNGs to 8-bit RGB(A) by keeping the high byte; this
+    does the same for the grayscale modes it leaves at 16 bits (``I`` is read as 16-bit samples, clipped to 0..65535).
+    """
+    if image.mode not in SIXTEEN_BIT_GRAY_MODES:
+        return image
+    samples = np.asarray(image).astype(np.int64)
+    return Image.fromarray((samples.clip(0, 65535) >> 8).astype(np.uint8))
+
+
 def pil_to_uint8(image: Image.Image, resolution: int, channels: int) -> Tensor:
-    """Decode-side preprocessing of one PIL image: mode, resize (Lanczos) of the shorter side, centre crop."""
-    image = image.convert("L" if channels == 1 else "RGB")
+    """Decode-side preprocessing of one PIL image: EXIF orientation, 16 -> 8 bits, mode, resize (Lanczos) of the
+    shorter side, centre crop. Raises ``ValueError`` for EXIF data that cannot be parsed."""
+    try:
+        image = ImageOps.exif_transpose(image)  # cameras store turned photos as unturned pixels plus this tag
+    except (SyntaxError, struct.error, OSError, EOFError, ValueError) as error:
+        raise ValueError(f"unreadable EXIF data ({error})") from error
+    image = to_8_bit(image).convert("L" if channels == 1 else "RGB")
     width, height = image.size
     scale = resolution / min(width, height)
     new_w, new_h = max(resolution, round(width * scale)), max(resolution, round(height * scale))
