@@ -42,7 +42,7 @@ def _add_bench(subparsers) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from . import bench
+    from .nn import bench
     from .runtime import tune_cpu_allocator
 
     if args.batch < 1 or args.repeats < 1:
@@ -120,20 +120,18 @@ def _add_train(subparsers) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from .config import dump_yaml
     from .runtime import tune_cpu_allocator
-    from .training.config import load_config
+    from .training import TrainingStopped, train
+    from .training.config import given_keys, load_config
 
     config = load_config(args.config, args.overrides)
     if args.dry_run:
-        from .config import dump_yaml
-
         print(dump_yaml(config), end="")
         return 0
     tune_cpu_allocator()
-    from .training.loop import TrainingStopped, train
-
     try:
-        train(config, resume=args.resume)
+        train(config, resume=args.resume, given=given_keys(args.config, args.overrides))
     except TrainingStopped as stopped:
         print(f"scs-gan: {stopped}", file=sys.stderr)
         return stopped.exit_code
@@ -157,6 +155,22 @@ def _add_metrics(subparsers) -> None:
     p.set_defaults(func=_run_metrics)
 
 
+def _snapshot_data(generator):
+    """The data options a snapshot was trained with, for its real images; the generator's image shape wins."""
+    from .config import from_dict
+    from .data import DataConfig
+
+    saved = (generator.snapshot_info.run_config or {}).get("data")
+    try:
+        data = from_dict(DataConfig, saved, "data") if isinstance(saved, dict) else DataConfig()
+    except UserError as error:
+        raise UserError(
+            f"the snapshot's data options do not fit this scs_gan ({error}); name the dataset with data.* options"
+        ) from None
+    data.resolution, data.channels = generator.resolution, generator.img_channels
+    return data
+
+
 def _run_metrics(args: argparse.Namespace) -> int:
     import json
 
@@ -175,8 +189,7 @@ def _run_metrics(args: argparse.Namespace) -> int:
     state = Accelerator()  # reads the launcher's settings (PartialState alone misses ACCELERATE_USE_CPU)
     device = args.device or str(state.device)
     generator = load_generator(args.snapshot, device=device)
-    config = generator.snapshot_config
-    data = apply_overrides(config.data, args.overrides, prefix="data")
+    data = apply_overrides(_snapshot_data(generator), args.overrides, prefix="data")
     with state.main_process_first():
         dataset = build_dataset(data)
         from .metrics.evaluate import Evaluator
@@ -186,9 +199,9 @@ def _run_metrics(args: argparse.Namespace) -> int:
     evaluator = Evaluator(dataset, weights, source, device, args.batch)
     results = evaluator.evaluate(
         generator,
-        config.model.z_dim,
+        generator.z_dim,
         names,
-        {"snapshot": str(args.snapshot), "kimg": generator.snapshot_extra.get("kimg")},
+        {"snapshot": str(args.snapshot), "kimg": generator.snapshot_info.extra.get("kimg")},
     )
     if state.is_main_process:
         print(json.dumps({"snapshot": str(args.snapshot), "results": results}))

@@ -29,7 +29,7 @@ class RunData:
     config: dict[str, Any]
     stats: list[dict[str, Any]]
     metrics: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    fakes: list[tuple[int, Path]] = field(default_factory=list)
+    fakes: list[tuple[float, Path]] = field(default_factory=list)
     final: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
 
@@ -44,6 +44,11 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _fakes_kimg(digits: str) -> float:
+    """kimg of a sample grid's name: 9 digits are the image count (``fakes000200000``), older runs' 6 are kimg."""
+    return int(digits) / 1000 if len(digits) == 9 else float(int(digits))
+
+
 def load_run(path: str | Path) -> RunData:
     """Read a run directory; a path that is not one is a UserError."""
     import yaml
@@ -54,7 +59,7 @@ def load_run(path: str | Path) -> RunData:
     config = yaml.safe_load((path / "config.yaml").read_text()) or {}
     stats = _read_jsonl(path / "stats.jsonl") if (path / "stats.jsonl").is_file() else []
     metrics = {p.stem[len("metric-") :]: _read_jsonl(p) for p in sorted(path.glob("metric-*.jsonl"))}
-    fakes = sorted((int(p.stem[len("fakes") :]), p) for p in path.glob("fakes*.png") if p.stem[5:].isdigit())
+    fakes = sorted((_fakes_kimg(p.stem[len("fakes") :]), p) for p in path.glob("fakes*.png") if p.stem[5:].isdigit())
     final = json.loads((path / "final.json").read_text()) if (path / "final.json").is_file() else {}
     dataset = json.loads((path / "dataset.json").read_text()) if (path / "dataset.json").is_file() else {}
     return RunData(path, path.name, config, stats, metrics, fakes, final, dataset)
@@ -195,8 +200,8 @@ def _samples_html(run: RunData, most: int = 8) -> str:
         step = (len(fakes) - 1) / (most - 1)
         fakes = [fakes[round(i * step)] for i in range(most)]
     cells = [
-        f'<figure><img alt="samples at {kimg} kimg" src="{_image_uri(p)}"><figcaption>{kimg} kimg</figcaption></figure>'
-        for kimg, p in fakes
+        f'<figure><img alt="samples at {k:g} kimg" src="{_image_uri(p)}"><figcaption>{k:g} kimg</figcaption></figure>'
+        for k, p in fakes
     ]
     reals = run.path / "reals.png"
     if reals.is_file():

@@ -23,6 +23,8 @@ from typing import Any
 
 from .config import from_dict, load_yaml
 from .errors import UserError
+from .models import build_discriminator, build_generator, count_parameters
+from .training.config import load_run_config
 
 
 @dataclass
@@ -120,10 +122,7 @@ def _train(study: StudyConfig, arm: ArmConfig, width: int, seed: int, runs_dir: 
 
 
 def _collect(run: Path, arm: ArmConfig, width: int, seed: int) -> dict[str, Any]:
-    from .models import build_discriminator, build_generator, count_parameters
-    from .training.config import RunConfig
-
-    config = from_dict(RunConfig, load_yaml(run / "config.yaml"))
+    config = load_run_config(run)
     g = build_generator(config.model, config.data.resolution, config.data.channels)
     d = build_discriminator(config.model, config.data.resolution, config.data.channels)
     stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]

@@ -47,7 +47,7 @@ def snapshot(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     generator = build_generator(config.model, 32, 1)
     path = tmp_path_factory.mktemp("snap") / "network-snapshot-000001.safetensors"
-    save_snapshot(path, generator, config, {"kimg": 1.0})
+    save_snapshot(generator, path, config, {"kimg": 1.0})
     return path
 
 
@@ -175,9 +175,9 @@ def test_python_api_and_hub_layout(snapshot, tmp_path):
     z = latents_for_seeds(range(4), generator.z_dim)
     images = generator(z)
     assert images.shape == (4, 1, 32, 32) and not generator.training
-    saved = generator.save_pretrained(tmp_path / "hub")
+    saved = scs_gan.save_pretrained(generator, tmp_path / "hub")
     assert sorted(p.name for p in saved.iterdir()) == ["config.json", "model.safetensors"]
-    again = type(generator).from_pretrained(tmp_path / "hub")
+    again = scs_gan.load_generator(tmp_path / "hub")
     assert torch.equal(again(z), images)
     assert json.loads((tmp_path / "hub" / "config.json").read_text())["format"] == "scs_gan.generator"
     meta = json.loads((tmp_path / "hub" / "config.json").read_text())

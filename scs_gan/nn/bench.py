@@ -21,8 +21,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .errors import UserError
-from .nn import SCS2d, SCSTranspose2d
+from ..errors import UserError
+from .modules import SCS2d, SCSTranspose2d
+
+try:
+    import resource
+except ImportError:  # Windows has no getrusage
+    resource = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -171,12 +176,7 @@ def run_case(
 
 def _minor_faults() -> int:
     """Page faults of this process so far (fresh memory pages touched); 0 where unavailable."""
-    try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    except (ImportError, OSError):
-        return 0
+    return 0 if resource is None else resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def summarize(results: list[CaseResult]) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""The training loop: mechanics only (the maths is in losses.py, the networks in scs_gan.models).
+"""The training loop: mechanics only (the losses are in losses.py, the networks in scs_gan.models, the
+checkpoints in checkpoint.py).
 
 One step = one discriminator update and one generator update on ``train.batch`` real images over all
 processes, each process working through micro-batches of ``train.batch_gpu`` with exact gradient
@@ -15,41 +16,45 @@ import gc
 import json
 import math
 import shutil
-import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..config import dump_yaml, from_dict, load_yaml, to_dict
+from ..config import dump_yaml, to_dict
 from ..data import InfiniteLoader, build_dataset, to_float
 from ..data.dataset import spread_subset
 from ..errors import UserError
 from ..images import image_grid, save_image_grid
 from ..io import atomic_write, atomic_write_text
 from ..latents import latents_for_seeds
-from ..models import build_discriminator, build_generator, count_parameters, scs_layers
+from ..metrics.evaluate import Evaluator
+from ..metrics.weights import resolve_fid_weights
+from ..models import build_discriminator, build_generator, count_parameters
 from ..snapshot import save_snapshot
 from . import trackers
-from .config import RunConfig
-from .ema import ema_beta, update_ema
-from .losses import d_loss, g_loss, r1_penalty
-from .rundir import (
-    RunLog,
-    append_jsonl,
-    create_run_dir,
-    prune_checkpoints,
+from .checkpoint import (
+    Progress,
+    list_checkpoints,
+    load_checkpoint,
+    replicas_identical,
     resolve_resume,
-    truncate_jsonl,
+    save_checkpoint,
+    set_aside,
+    verify_checkpoint,
 )
+from .config import RunConfig, changed_options, load_run_config, merge_for_resume
+from .ema import ema_beta, update_ema
+from .losses import d_loss, g_loss, r1_loss
+from .rundir import RunLock, RunLog, append_jsonl, create_run_dir, truncate_jsonl
+from .signals import StopSignals
+from .stats import layer_stats, peak_memory_mb
 
 
 class TrainingStopped(Exception):
@@ -60,103 +65,7 @@ class TrainingStopped(Exception):
         self.exit_code = exit_code
 
 
-@dataclass
-class Progress:
-    """Counters that, with the checkpointed models, optimisers and RNG states, define where a run is."""
-
-    cur_nimg: int = 0
-    step: int = 0
-    tick: int = 0
-    tick_start_nimg: int = 0
-    nan_skips: int = 0
-    consecutive_bad: int = 0
-    elapsed_s: float = 0.0
-    loader: dict[str, Any] = field(default_factory=lambda: {"batches_done": 0})
-    tracker_run_id: str | None = None
-    best_fid: float | None = None
-
-
-class _StopSignals:
-    """Turns SIGINT/SIGTERM into a flag checked at step boundaries; a second signal stops at once."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread: no handlers
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt
-        self.received = signum
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{prefix}.{key}" if prefix else key
-        out.update(_flatten(value, path) if isinstance(value, dict) else {path: value})
-    return out
-
-
-def _parse_resume_overrides(saved: RunConfig, given: RunConfig) -> RunConfig:
-    """On resume, the run's own config wins. Options that do not change the training maths may be given
-    (a longer ``train.kimg``, other tick intervals, other metrics); anything else is an error."""
-    allowed_train = {
-        "kimg",
-        "tick_kimg",
-        "snapshot_ticks",
-        "checkpoint_ticks",
-        "keep_checkpoints",
-        "progress",
-        "nan_patience",
-        "runs_dir",
-        "desc",
-    }
-    saved_f, given_f, default_f = (_flatten(to_dict(c)) for c in (saved, given, RunConfig()))
-    for key, value in given_f.items():
-        if value == saved_f[key] or value == default_f[key]:
-            continue  # not asked for, or no change
-        section, _, name = key.partition(".")
-        if section == "metrics" or (section == "train" and name in allowed_train):
-            saved_f[key] = value
-        else:
-            raise UserError(
-                f"{key} cannot change when resuming (the run used {saved_f[key]!r}); start a new run instead"
-            )
-    nested: dict[str, Any] = {}
-    for key, value in saved_f.items():
-        node = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return from_dict(RunConfig, nested)
-
-
-def _layer_stats(modules: dict[str, nn.Module]) -> dict[str, Any]:
-    """Mean/min/max of p and q for every SCS layer: the signature of sharpening."""
-    stats: dict[str, Any] = {"p": {}, "q": {}}
-    for net, module in modules.items():
-        for name, layer in scs_layers(module).items():
-            key = f"{net}.{name}"
-            with torch.no_grad():
-                p, q = layer.p.float(), layer.q.float()
-            if layer.sharpen:
-                stats["p"][key] = {"mean": p.mean().item(), "min": p.min().item(), "max": p.max().item()}
-            stats["q"][key] = {"mean": q.item(), "min": q.item(), "max": q.item()}
-    return stats
-
-
-def _param_groups(module: nn.Module, lr: float, pq_lr_mul: float) -> list[dict[str, Any]]:
+def param_groups(module: nn.Module, lr: float, pq_lr_mul: float) -> list[dict[str, Any]]:
     """Adam parameter groups: the SCS exponents and norm floors get ``lr * pq_lr_mul``, the rest ``lr``."""
     pq, rest = [], []
     for name, param in module.named_parameters():
@@ -167,36 +76,20 @@ def _param_groups(module: nn.Module, lr: float, pq_lr_mul: float) -> list[dict[s
     return groups
 
 
+def nimg_label(nimg: int) -> str:
+    """The image count in file names (``000200000`` = 200 kimg): unique per save, sorted by name."""
+    return f"{nimg:09d}"
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
-    except (ImportError, OSError):
-        return float("nan")
-
-
-def _checksums(modules: list[nn.Module]) -> Tensor:
-    """Per-tensor sums and sums of squares in float64: identical replicas give identical vectors."""
-    values = []
-    for module in modules:
-        for t in module.state_dict().values():
-            if t.is_floating_point():
-                values += [t.double().sum(), t.double().square().sum()]
-    return torch.stack(values)
-
-
 def _all_true(accelerator: Accelerator, flags: list[bool]) -> list[bool]:
     """Logical AND of each flag over all processes (every process must call this)."""
-    local = torch.tensor([1.0 if f else 0.0 for f in flags], device=accelerator.device)
     if accelerator.num_processes == 1:
         return flags
+    local = torch.tensor([1.0 if f else 0.0 for f in flags], device=accelerator.device)
     gathered = accelerator.gather(local.unsqueeze(0))
     return [bool(v) for v in gathered.min(dim=0).values.tolist()]
 
@@ -208,23 +101,33 @@ def _grads_finite(module: nn.Module) -> bool:
     return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
-class Trainer:
-    """Holds the state of one run; ``run()`` trains until ``train.kimg`` or until stopped."""
+def _loss_scale(accelerator: Accelerator) -> float:
+    """The fp16 gradient scaler's current scale (1 without one): R1 differentiates the scaled logits."""
+    return accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0
 
-    def __init__(self, config: RunConfig, resume: str | None = None) -> None:
+
+class Trainer:
+    """Holds the state of one run; ``run()`` trains until ``train.kimg`` or until stopped.
+
+    With ``resume`` (``latest``, a run directory or a checkpoint), the run's saved configuration is used,
+    with the options in ``given`` (the dotted keys the user set; None: those that differ from the saved
+    configuration) taken from ``config`` where they may change (see :func:`merge_for_resume`).
+    """
+
+    def __init__(self, config: RunConfig, resume: str | None = None, given: set[str] | None = None) -> None:
         trackers.check_installed(config.train.trackers)
-        checkpoint = None
+        checkpoint, self.resume_changes = None, []
         if resume is not None:
             checkpoint = resolve_resume(resume, config.train.runs_dir)
-            saved = from_dict(RunConfig, load_yaml(checkpoint.parent.parent / "config.yaml"))
-            config = _parse_resume_overrides(saved, config)
-        self.accelerator = Accelerator(
+            saved = load_run_config(checkpoint.parent.parent)
+            config = merge_for_resume(saved, config, given)
+            self.resume_changes = changed_options(saved, config)
+        self.accelerator = acc = Accelerator(
             mixed_precision=config.train.mixed_precision,
             log_with=config.train.trackers or None,
             # the run directory does not exist yet; trackers.start points the logging dir into it
             project_config=ProjectConfiguration(project_dir=config.train.runs_dir, logging_dir=config.train.runs_dir),
         )
-        acc = self.accelerator
         self.main = acc.is_main_process
         if checkpoint is not None:
             run_dir = checkpoint.parent.parent
@@ -233,7 +136,8 @@ class Trainer:
                 create_run_dir(config.train.runs_dir, config.train.desc or config.describe()) if self.main else None
             )
             run_dir = broadcast_object_list([run_dir])[0]
-        self.config, self.run_dir, self.checkpoint = config, Path(run_dir), checkpoint
+        self.config, self.run_dir = config, Path(run_dir)
+        self.lock = RunLock(self.run_dir) if self.main else None  # a second process on this run stops here
         self.log = RunLog(self.run_dir / "log.txt" if self.main else None, sys.stdout if self.main else None)
         t = config.train
         self.batch_gpu, self.accum = self._batch_split()
@@ -245,10 +149,12 @@ class Trainer:
         torch.manual_seed(t.seed)  # identical initial weights on every process
         generator = build_generator(config.model, config.data.resolution, config.data.channels)
         discriminator = build_discriminator(config.model, config.data.resolution, config.data.channels)
-        opt_g = torch.optim.Adam(_param_groups(generator, t.g_lr, t.pq_lr_mul), betas=tuple(t.betas))
-        opt_d = torch.optim.Adam(_param_groups(discriminator, t.d_lr, t.pq_lr_mul), betas=tuple(t.betas))
+        # copied before prepare(), which wraps G's forward in autocast: the EMA copy runs in float32, the
+        # same as a snapshot loaded by `scs-gan metrics` or `generate`
+        self.G_ema = copy.deepcopy(generator).eval().requires_grad_(False).to(acc.device)
+        opt_g = torch.optim.Adam(param_groups(generator, t.g_lr, t.pq_lr_mul), betas=tuple(t.betas))
+        opt_d = torch.optim.Adam(param_groups(discriminator, t.d_lr, t.pq_lr_mul), betas=tuple(t.betas))
         self.G, self.D, self.opt_G, self.opt_D = acc.prepare(generator, discriminator, opt_g, opt_d)
-        self.G_ema = copy.deepcopy(acc.unwrap_model(self.G)).eval().requires_grad_(False)
         self.loader = InfiniteLoader(
             self.dataset,
             self.batch_gpu,
@@ -262,11 +168,10 @@ class Trainer:
         self.progress = Progress()
         self.grid_latents = latents_for_seeds(range(t.grid_seeds), config.model.z_dim, acc.device)
         self.evaluator = self._make_evaluator()
-        if checkpoint is not None:
-            self._load_checkpoint(checkpoint)
-        else:
+        self.checkpoint = self._resume(checkpoint) if checkpoint is not None else None
+        if checkpoint is None:
             set_seed(t.seed, device_specific=True)  # different latents on every process
-        self.stop = _StopSignals()
+        self.stop = StopSignals()
         self.trackers = trackers.start(acc, config, self.run_dir, self.progress)
 
     # ------------------------------------------------------------------------------------------- setup
@@ -281,57 +186,43 @@ class Trainer:
             )
         return batch_gpu, t.batch // (batch_gpu * world)
 
-    def _make_evaluator(self):
+    def _make_evaluator(self) -> Evaluator | None:
         """The FID/KID evaluator (weights resolved now, so a missing file fails before training, not after)."""
         m = self.config.metrics
         if not m.names:
             return None
-        from ..metrics.evaluate import Evaluator
-        from ..metrics.weights import resolve_fid_weights
-
         with self.accelerator.main_process_first():  # the main process converts and caches; others read
             state, source = resolve_fid_weights(m.fid_weights)
         return Evaluator(self.dataset, state, source, self.accelerator.device, m.batch)
 
-    def evaluate_metrics(self) -> None:
-        """Compute the configured metrics with G_ema (collective), log them, keep the best snapshot by FID."""
-        if self.evaluator is None:
-            return
-        p = self.progress
-        kimg = p.cur_nimg / 1000
-        snapshot = self._snapshot_path()
-        results = self.evaluator.evaluate(
-            self.G_ema, self.config.model.z_dim, self.config.metrics.names, {"kimg": kimg, "snapshot": str(snapshot)}
-        )
-        if not self.main:
-            return
-        self.trackers.log_metrics({n: r["value"] for n, r in results.items()}, p.cur_nimg)
-        for name, record in results.items():
-            append_jsonl(self.run_dir / f"metric-{name}.jsonl", record)
-            std = f" +- {record['std']:.5f}" if record.get("std") else ""
-            self.log(f"{name} {record['value']:.4f}{std} at kimg {kimg:.2f} ({record['seconds']:.0f} s)")
-        fids = [r for n, r in results.items() if n.startswith("fid")]
-        if fids and snapshot.is_file() and (p.best_fid is None or fids[0]["value"] < p.best_fid):
-            p.best_fid = fids[0]["value"]
-            best = self.run_dir / "snapshots" / "best.safetensors"
-            atomic_write(best, lambda tmp: shutil.copyfile(snapshot, tmp))
-            atomic_write_text(best.with_suffix(".json"), json.dumps(fids[0], indent=2))
-
-    def _describe_start(self) -> None:
-        c, acc = self.config, self.accelerator
-        g_params = count_parameters(acc.unwrap_model(self.G))
-        d_params = count_parameters(acc.unwrap_model(self.D))
-        self.log(f"run directory: {self.run_dir}")
-        self.log(self.dataset.summary_line())
-        self.log(
-            f"generator: {c.model.g.kind}, {g_params:,} parameters; "
-            f"discriminator: {c.model.d.kind}, {d_params:,} parameters"
-        )
-        self.log(
-            f"{acc.num_processes} process(es) on {acc.device.type}, batch {c.train.batch} = {self.batch_gpu} per "
-            f"process x {acc.num_processes} x {self.accum} accumulation step(s), mixed precision "
-            f"{c.train.mixed_precision}, {c.train.kimg:g} kimg"
-        )
+    def _resume(self, chosen: Path) -> Path:
+        """Load the newest intact checkpoint up to ``chosen``, setting damaged ones aside; returns the one used."""
+        acc = self.accelerator
+        candidates = [c for c in list_checkpoints(self.run_dir) if c.name <= chosen.name] or [chosen]
+        damaged: list[tuple[Path, str]] = []
+        for checkpoint in reversed(candidates):
+            problem = verify_checkpoint(checkpoint, acc.num_processes)
+            if problem is None:
+                break
+            damaged.append((checkpoint, problem))
+        else:
+            reasons = "; ".join(f"{c.name}: {why}" for c, why in damaged)
+            raise UserError(f"cannot resume {self.run_dir}: no intact checkpoint ({reasons})")
+        acc.wait_for_everyone()  # every process has verified before any folder is renamed
+        for bad, problem in damaged:
+            if self.main:
+                kept = set_aside(bad, "damaged")
+                self.log(
+                    f"checkpoint {bad.name} is damaged ({problem}); kept as {kept.name}, resuming from an older one"
+                )
+        acc.wait_for_everyone()
+        self.progress = load_checkpoint(acc, checkpoint, self.G_ema)
+        self.loader.load_state_dict(self.progress.loader)
+        if self.main:
+            kimg = self.progress.cur_nimg / 1000
+            for path in [self.run_dir / "stats.jsonl", *self.run_dir.glob("metric-*.jsonl")]:
+                truncate_jsonl(path, lambda r: r.get("kimg", 0) <= kimg + 1e-9)
+        return checkpoint
 
     # ---------------------------------------------------------------------------------------- one step
 
@@ -354,9 +245,8 @@ class Trainer:
                 real_logits = self.D(real)
                 loss = d_loss(t.loss, real_logits, self.D(fake.detach()))
                 if do_r1:
-                    scale = acc.scaler.get_scale() if acc.scaler is not None else 1.0
-                    penalty = r1_penalty(real_logits, real, scale)
-                    loss = loss + penalty * (t.r1_gamma / 2) * t.r1_interval
+                    weighted, penalty = r1_loss(real_logits, real, t.r1_gamma, t.r1_interval, _loss_scale(acc))
+                    loss = loss + weighted
                     r1_total += penalty.item() / len(reals)
                 acc.backward(loss / len(reals))
                 total += loss.item() / len(reals)
@@ -377,10 +267,13 @@ class Trainer:
             self.D.requires_grad_(True)
         return total, math.isfinite(total)
 
-    @staticmethod
-    def _apply(optimizer, ok: bool) -> None:
+    def _apply(self, optimizer: torch.optim.Optimizer, ok: bool) -> None:
+        """Step ``optimizer`` if ``ok``; under fp16 a skipped step still backs the gradient scale off."""
         if ok:
             optimizer.step()
+        elif (scaler := self.accelerator.scaler) is not None:
+            # without a step the scaler never sees the overflow: lower the scale as a skipped scaler.step would
+            scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
         optimizer.zero_grad(set_to_none=True)
 
     def step(self) -> tuple[dict[str, float | None], bool]:
@@ -408,73 +301,52 @@ class Trainer:
         p.loader = self.loader.state_dict()
         return {"loss_D": loss_d, "loss_G": loss_g, "r1": r1}, not no_signal
 
-    # ------------------------------------------------------------------------------------ checkpoints
-
-    def _checkpoint_name(self) -> str:
-        return f"checkpoint-{self.progress.cur_nimg:09d}"
+    # ---------------------------------------------------------------------------------- ticks & outputs
 
     def save_checkpoint(self) -> Path:
-        """Full training state (collective: every process must call it); appears atomically when complete."""
-        acc = self.accelerator
-        folder = self.run_dir / "checkpoints"
-        final = folder / self._checkpoint_name()
-        tmp = folder / f".tmp-{final.name}"
-        if self.main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            folder.mkdir(parents=True, exist_ok=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        if self.main:
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in self.G_ema.state_dict().items()},
-                str(tmp / "ema.safetensors"),
-            )
-            (tmp / "progress.json").write_text(json.dumps(self.progress.__dict__, indent=1))
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            prune_checkpoints(self.run_dir, self.config.train.keep_checkpoints)
-        acc.wait_for_everyone()
-        return final
-
-    def _load_checkpoint(self, checkpoint: Path) -> None:
-        try:
-            self.accelerator.load_state(str(checkpoint))
-            self.G_ema.load_state_dict(load_file(str(checkpoint / "ema.safetensors")))
-            self.progress = Progress(**json.loads((checkpoint / "progress.json").read_text()))
-        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as error:
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise UserError(f"cannot resume from {checkpoint}: it is damaged or from another run ({first})") from None
-        self.loader.load_state_dict(self.progress.loader)
-        if self.main:
-            kimg = self.progress.cur_nimg / 1000
-            for path in [self.run_dir / "stats.jsonl", *self.run_dir.glob("metric-*.jsonl")]:
-                truncate_jsonl(path, lambda r: r.get("kimg", 0) <= kimg + 1e-9)
-
-    # ---------------------------------------------------------------------------------- ticks & outputs
+        """Save the full training state (collective: every process must call it)."""
+        keep = self.config.train.keep_checkpoints
+        return save_checkpoint(self.accelerator, self.run_dir, self.G_ema, self.progress, keep)
 
     def _save_fakes(self) -> None:
         if not self.main:
             return
         with torch.no_grad():
             images = torch.cat([self.G_ema(z) for z in self.grid_latents.split(64)])
-        kimg = round(self.progress.cur_nimg / 1000)
-        save_image_grid(images, self.run_dir / f"fakes{kimg:06d}.png")
+        save_image_grid(images, self.run_dir / f"fakes{nimg_label(self.progress.cur_nimg)}.png")
         self.trackers.log_grid("fakes", image_grid(images), self.progress.cur_nimg)
 
     def _snapshot_path(self) -> Path:
-        kimg = round(self.progress.cur_nimg / 1000)
-        return self.run_dir / "snapshots" / f"network-snapshot-{kimg:06d}.safetensors"
+        return self.run_dir / "snapshots" / f"network-snapshot-{nimg_label(self.progress.cur_nimg)}.safetensors"
 
-    def _save_snapshot(self) -> Path:
-        path = self._snapshot_path()
+    def _save_snapshot(self) -> None:
         if self.main:
-            save_snapshot(
-                path,
-                self.G_ema,
-                self.config,
-                {"kimg": self.progress.cur_nimg / 1000, "dataset": self.dataset.summary()},
-            )
-        return path
+            extra = {"kimg": self.progress.cur_nimg / 1000, "dataset": self.dataset.summary()}
+            save_snapshot(self.G_ema, self._snapshot_path(), to_dict(self.config), extra)
+
+    def evaluate_metrics(self) -> None:
+        """Compute the configured metrics with G_ema (collective), log them, keep the best snapshot by FID."""
+        if self.evaluator is None:
+            return
+        p = self.progress
+        kimg = p.cur_nimg / 1000
+        snapshot = self._snapshot_path()
+        results = self.evaluator.evaluate(
+            self.G_ema, self.config.model.z_dim, self.config.metrics.names, {"kimg": kimg, "snapshot": str(snapshot)}
+        )
+        if not self.main:
+            return
+        self.trackers.log_metrics({n: r["value"] for n, r in results.items()}, p.cur_nimg)
+        for name, record in results.items():
+            append_jsonl(self.run_dir / f"metric-{name}.jsonl", record)
+            std = f" +- {record['std']:.5f}" if record.get("std") else ""
+            self.log(f"{name} {record['value']:.4f}{std} at kimg {kimg:.2f} ({record['seconds']:.0f} s)")
+        fids = [r for n, r in results.items() if n.startswith("fid")]
+        if fids and snapshot.is_file() and (p.best_fid is None or fids[0]["value"] < p.best_fid):
+            p.best_fid = fids[0]["value"]
+            best = self.run_dir / "snapshots" / "best.safetensors"
+            atomic_write(best, lambda tmp: shutil.copyfile(snapshot, tmp))
+            atomic_write_text(best.with_suffix(".json"), json.dumps(fids[0], indent=2))
 
     def _write_start_files(self) -> None:
         if not self.main:
@@ -484,6 +356,22 @@ class Trainer:
         reals = torch.stack([self.dataset[int(i)] for i in spread_subset(len(self.dataset), count)])
         save_image_grid(to_float(reals), self.run_dir / "reals.png")
 
+    def _describe_start(self) -> None:
+        c, acc = self.config, self.accelerator
+        g_params = count_parameters(acc.unwrap_model(self.G))
+        d_params = count_parameters(acc.unwrap_model(self.D))
+        self.log(f"run directory: {self.run_dir}")
+        self.log(self.dataset.summary_line())
+        self.log(
+            f"generator: {c.model.g.kind}, {g_params:,} parameters; "
+            f"discriminator: {c.model.d.kind}, {d_params:,} parameters"
+        )
+        self.log(
+            f"{acc.num_processes} process(es) on {acc.device.type}, batch {c.train.batch} = {self.batch_gpu} per "
+            f"process x {acc.num_processes} x {self.accum} accumulation step(s), mixed precision "
+            f"{c.train.mixed_precision}, {c.train.kimg:g} kimg"
+        )
+
     def _tick_record(self, sums: dict[str, list[float]], tick_time: float) -> dict[str, Any]:
         acc, p = self.accelerator, self.progress
         means = {}
@@ -492,7 +380,7 @@ class Trainer:
             total = acc.reduce(local, reduction="sum") if acc.num_processes > 1 else local
             means[key] = (total[0] / total[1]).item() if total[1] > 0 else None
         nimg = p.cur_nimg - p.tick_start_nimg
-        record = {
+        return {
             "tick": p.tick,
             "kimg": p.cur_nimg / 1000,
             "step": p.step,
@@ -500,12 +388,19 @@ class Trainer:
             "sec_per_tick": round(tick_time, 3),
             "sec_per_kimg": round(tick_time / max(nimg / 1000, 1e-9), 3),
             "images_per_s": round(nimg / max(tick_time, 1e-9), 1),
-            "peak_mem_mb": round(_peak_memory_mb(acc.device), 1),
+            "peak_mem_mb": round(peak_memory_mb(acc.device), 1),
             "nan_skips": p.nan_skips,
             **means,
-            **_layer_stats({"G": acc.unwrap_model(self.G), "D": acc.unwrap_model(self.D)}),
+            **layer_stats({"G": acc.unwrap_model(self.G), "D": acc.unwrap_model(self.D)}),
         }
-        return record
+
+    def _log_tick(self, record: dict[str, Any]) -> None:
+        self.log(
+            f"tick {record['tick']:<4d} kimg {record['kimg']:<8.2f} time {record['time_s']:<8.1f} "
+            f"sec/kimg {record['sec_per_kimg']:<7.2f} img/s {record['images_per_s']:<8.1f} "
+            f"loss_D {_fmt(record['loss_D'])} loss_G {_fmt(record['loss_G'])} r1 {_fmt(record.get('r1'))} "
+            f"nan_skips {record['nan_skips']}"
+        )
 
     # -------------------------------------------------------------------------------------------- run
 
@@ -516,6 +411,8 @@ class Trainer:
         self._describe_start()
         if self.checkpoint is not None:
             self.log(f"resumed from {self.checkpoint} at kimg {p.cur_nimg / 1000:.2f}")
+            for change in self.resume_changes:
+                self.log(f"changed on resume: {change}")
         else:
             self._write_start_files()
             self._save_fakes()
@@ -573,11 +470,10 @@ class Trainer:
                             path = self.save_checkpoint()
                         tick_start = time.perf_counter()
                     if stop_requested:
-                        name = "SIGTERM" if self.stop.received == signal.SIGTERM else "SIGINT"
                         raise TrainingStopped(
-                            f"stopped by {name} at kimg {p.cur_nimg / 1000:.2f}; the state is saved in {path}; "
-                            f"continue with: scs-gan train --resume {self.run_dir}",
-                            143 if name == "SIGTERM" else 130,
+                            f"stopped by {self.stop.name} at kimg {p.cur_nimg / 1000:.2f}; the state is saved in "
+                            f"{path}; continue with: scs-gan train --resume {self.run_dir}",
+                            self.stop.exit_code,
                         )
         finally:
             bar.close()
@@ -585,21 +481,10 @@ class Trainer:
         self._finish()
         return self.run_dir
 
-    def _log_tick(self, record: dict[str, Any]) -> None:
-        self.log(
-            f"tick {record['tick']:<4d} kimg {record['kimg']:<8.2f} time {record['time_s']:<8.1f} "
-            f"sec/kimg {record['sec_per_kimg']:<7.2f} img/s {record['images_per_s']:<8.1f} "
-            f"loss_D {_fmt(record['loss_D'])} loss_G {_fmt(record['loss_G'])} r1 {_fmt(record.get('r1'))} "
-            f"nan_skips {record['nan_skips']}"
-        )
-
     def _finish(self) -> None:
         acc = self.accelerator
-        sums = _checksums([acc.unwrap_model(self.G), acc.unwrap_model(self.D)])
-        gathered = acc.gather(sums.unsqueeze(0)) if acc.num_processes > 1 else sums.unsqueeze(0)
-        in_sync = bool((gathered == gathered[0]).all())
+        in_sync = replicas_identical(acc, [acc.unwrap_model(self.G), acc.unwrap_model(self.D)])
         if self.main:
-            final = self.run_dir / "final.json"
             summary = {
                 "kimg": self.progress.cur_nimg / 1000,
                 "steps": self.progress.step,
@@ -609,12 +494,12 @@ class Trainer:
                 "replicas_identical": in_sync,
                 "snapshot": str(self._snapshot_path()),
             }
-            atomic_write_text(final, json.dumps(summary, indent=2))
+            atomic_write_text(self.run_dir / "final.json", json.dumps(summary, indent=2))
         self.log(f"replicas identical across {acc.num_processes} process(es): {'yes' if in_sync else 'NO'}")
         self.log(f"done: {self.run_dir}")
 
     def close(self) -> None:
-        """Free the prepared objects before ending (avoids gloo aborting at exit) and end the trackers."""
+        """Free the prepared objects before ending (avoids gloo aborting at exit), end the trackers, unlock."""
         self.log.close()
         for name in ("G", "D", "opt_G", "opt_D", "G_ema", "loader"):
             if hasattr(self, name):
@@ -622,17 +507,14 @@ class Trainer:
         self.accelerator.free_memory()
         gc.collect()
         self.accelerator.end_training()
+        if self.lock is not None:
+            self.lock.release()
 
 
-def train(config: RunConfig, resume: str | None = None) -> Path:
-    """Train ``config`` (or resume a run) and return its run directory."""
-    trainer = Trainer(config, resume)
+def train(config: RunConfig, resume: str | None = None, given: set[str] | None = None) -> Path:
+    """Train ``config`` (or resume a run, see :class:`Trainer`) and return its run directory."""
+    trainer = Trainer(config, resume, given)
     try:
         return trainer.run()
     finally:
         trainer.close()
-
-
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    """The resolved configuration of a run directory."""
-    return from_dict(RunConfig, load_yaml(Path(run_dir) / "config.yaml"))
