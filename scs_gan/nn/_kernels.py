@@ -1,7 +1,7 @@
 """Fused CPU kernels for the element-wise work of the SCS layers (float32), compiled on first use.
 
 On a CPU every element-wise pass over a layer's output is a trip through memory, and the eager layers need
-about 25 of them per forward+backward. These two kernels do the same maths in one pass each:
+about 25 of them per forward+backward. These three kernels do the same maths in one pass each:
 
 * forward: ``y = sign(c) * (|c| + eps) ** p`` with ``c = dot * inv_x (* inv_w)``, in place on ``dot``;
 * the channel-summed squares of the input per group (the patch norms' ingredient), without a temporary;
@@ -10,17 +10,25 @@ about 25 of them per forward+backward. These two kernels do the same maths in on
   ``grad_c * c`` itself (the transposed layer sums it over the batch).
 
 They are compiled with the system C++ compiler through ``torch.utils.cpp_extension`` the first time a layer
-runs on the CPU (about a minute; cached under ``~/.cache/torch_extensions``). Where that fails - no
-compiler, no ninja - the layers use the eager implementation (same maths, more passes) and say so once.
-``SCS_GAN_KERNELS=eager`` disables them; ``SCS_GAN_KERNELS=fused`` makes a failed build an error.
-The maths is that of ``functional._sharpen_forward_`` and ``functional._sharpen_backward``; the tests hold
-the two implementations to each other.
+runs on the CPU (30-90 s, depending on the CPU), into a folder under ``$TORCH_EXTENSIONS_DIR`` (default
+``~/.cache/torch_extensions``) whose name is a hash of everything that changes the binary: the source, the
+torch version and its include paths, the flags and the compiler. Two Python environments therefore get a
+folder each and build once each, instead of rebuilding one shared folder in turn; a folder is never rebuilt
+in place, so no process loads a library while another rewrites it (concurrent first builds of one folder
+wait on torch's build lock). Where building fails - no compiler, no ninja - the layers use the eager
+implementation (same maths, more passes) and say so once. ``SCS_GAN_KERNELS=eager`` disables them;
+``SCS_GAN_KERNELS=fused`` makes a failed build an error. The maths is that of ``functional._sharpen_forward_``
+and ``functional._sharpen_backward``; the tests hold the fused and eager paths to each other.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import subprocess
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -208,7 +216,7 @@ def _build():
     level = logger.level
     logger.setLevel(logging.ERROR)  # its import warns about CUDA_HOME on CPU-only machines: irrelevant here
     try:
-        from torch.utils.cpp_extension import load_inline
+        from torch.utils.cpp_extension import include_paths, load_inline
     finally:
         logger.setLevel(level)
 
@@ -216,14 +224,36 @@ def _build():
     arch = ["-mavx2", "-mfma"] if capability in ("AVX2", "AVX512") else []
     # -ffast-math lets GCC vectorise expf/logf through glibc's libmvec; it is a compile flag only, so the
     # shared library is not linked with crtfastmath and the process keeps its denormal handling.
+    cflags, ldflags = ["-O3", "-ffast-math", "-fopenmp", *arch], ["-fopenmp"]
+    name = f"scs_gan_cpu_kernels_v3_{capability.lower()}"
+    folder = build_folder(name, [*include_paths(), *cflags, *ldflags])
+    folder.mkdir(parents=True, exist_ok=True)
     return load_inline(
-        name=f"scs_gan_cpu_kernels_v3_{capability.lower()}",
+        name=name,
         cpp_sources=[_CPP_DECLS, _SOURCE],
         functions=["group_square_sum", "forward_", "backward"],
-        extra_cflags=["-O3", "-ffast-math", "-fopenmp", *arch],
-        extra_ldflags=["-fopenmp"],
+        extra_cflags=cflags,
+        extra_ldflags=ldflags,
+        build_directory=str(folder),
         verbose=False,
     )
+
+
+def _compiler_identity() -> str:
+    """The C++ compiler torch's extension builder will use, with its version text."""
+    compiler = os.environ.get("CXX", "c++")
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    return f"{compiler}|{shutil.which(compiler) or ''}|{version}"
+
+
+def build_folder(name: str, settings: list[str]) -> Path:
+    """Where the kernels ``name`` are built: one folder per source, torch version, settings and compiler."""
+    key = "\n".join([_SOURCE, _CPP_DECLS, torch.__version__, *settings, _compiler_identity()])
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    return root / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def get():
@@ -248,5 +278,9 @@ def get():
 
 
 def usable(*tensors: torch.Tensor) -> bool:
-    """Whether the fused path applies: CPU float32 tensors, outside autograd graphs that need double backward."""
+    """Whether the fused kernels can run on ``tensors``: all on the CPU in float32, and the kernels built.
+
+    Double-backward graphs never get here: the autograd functions' ``backward`` switches to the composite
+    whenever grad mode is on, before it asks.
+    """
     return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and get() is not None

@@ -10,13 +10,16 @@ Patches are never unfolded: the dot products are one convolution, and the square
 sum over the channel-summed squares of the input (a one-channel pooling), exactly the formulation that makes
 SCS as cheap as the convolution it replaces.
 
-Two implementations of the same maths live here:
+The same maths runs along three paths, which the tests hold to each other:
 
 * a hand-written autograd function for eager execution, which runs the element-wise work in place, keeps
   only the input, the normalised weight, the output and two per-location maps for backward, and skips the
-  work for gradients nobody asked for;
+  work for gradients nobody asked for; on CPU float32 tensors its element-wise passes are the fused C++
+  kernels of ``_kernels`` when they are built,
+* and otherwise the same function with that work done by eager torch operations;
 * a composite of native operations, used under ``torch.compile`` (so the compiler can fuse it) and to build
-  the graph for double backward (R1 penalties), where the eager function recomputes its forward pass.
+  the graph for double backward (R1 penalties): whenever grad mode is on in ``backward`` (``create_graph``),
+  the autograd function recomputes its forward pass through the composite and differentiates that.
 
 Numerics: sums of squares, norms, the power and the output are computed in at least float32; under autocast
 only the two big convolutions run in the low-precision dtype. ``eps`` sits inside every square root, so

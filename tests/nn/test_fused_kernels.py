@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -70,3 +72,35 @@ def test_loading_the_kernels_keeps_denormals(kernel_mode):
     assert _kernels.get() is not None
     tiny = torch.tensor(1e-40)
     assert (tiny * 1.0).item() != 0.0
+
+
+def test_the_build_folder_is_keyed_by_what_changes_the_binary(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    base = _kernels.build_folder("k", ["/env-a/torch/include", "-O3"])
+    assert base.parent == tmp_path and base == _kernels.build_folder("k", ["/env-a/torch/include", "-O3"])
+    others = {
+        _kernels.build_folder("k", ["/env-b/torch/include", "-O3"]),  # another environment's torch
+        _kernels.build_folder("k", ["/env-a/torch/include", "-O2"]),  # other flags
+        _kernels.build_folder("j", ["/env-a/torch/include", "-O3"]),  # another kernel set
+    }
+    monkeypatch.setattr(torch, "__version__", "0.0.0-other")
+    others.add(_kernels.build_folder("k", ["/env-a/torch/include", "-O3"]))  # another torch version
+    monkeypatch.undo()
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", "clang++-that-does-not-exist")
+    others.add(_kernels.build_folder("k", ["/env-a/torch/include", "-O3"]))  # another compiler
+    assert len(others) == 5 and base not in others
+
+
+def test_a_second_process_loads_the_built_kernels_without_rebuilding():
+    import subprocess
+    import sys
+
+    if _kernels.get() is None:
+        pytest.skip("no C++ compiler here: the kernels are not built")
+    libraries = list(Path(_kernels.get().__file__).parent.glob("*.so"))
+    before = {p: p.stat().st_mtime_ns for p in libraries}
+    code = "from scs_gan.nn import _kernels; assert _kernels.get() is not None; print(_kernels.get().__file__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+    assert Path(out.stdout.strip().splitlines()[-1]) in libraries
+    assert {p: p.stat().st_mtime_ns for p in libraries} == before
