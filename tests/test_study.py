@@ -20,12 +20,33 @@ REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "configs" / "study" / "study.yaml"
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs" / "study").glob("*.yaml")))
-def test_every_study_file_resolves_for_every_run(name, tmp_path):
+STUDY_FILES = sorted(p.name for p in (REPO / "configs" / "study").glob("*.yaml") if "arms" in load_yaml(p))
+ARM_FILES = sorted(p.name for p in (REPO / "configs" / "study").glob("*.yaml") if "arms" not in load_yaml(p))
+
+
+def test_the_study_folder_holds_studies_and_their_arms():
+    assert {"study.yaml", "explore.yaml", "cifar10.yaml", "celeba64.yaml"} <= set(STUDY_FILES)
+    assert {"scs.yaml", "dcgan.yaml", "cosine.yaml", "scs_d_conv_g.yaml", "conv_d_scs_g.yaml"} <= set(ARM_FILES)
+
+
+@pytest.mark.parametrize("name", ARM_FILES)
+def test_every_arm_config_is_used_by_a_study_and_builds(name):
     path = REPO / "configs" / "study" / name
-    if "arms" not in load_yaml(path):
-        return  # an arm's training config, checked through the study files that use it
-    study = load_study(path)
+    used = [
+        s
+        for s in STUDY_FILES
+        if any(Path(a.config) == path.resolve() for a in load_study(REPO / "configs" / "study" / s).arms)
+    ]
+    assert used, f"{name} is used by no study file"
+    config = load_config(path)
+    build_generator(config.model, config.data.resolution, config.data.channels)
+    build_discriminator(config.model, config.data.resolution, config.data.channels)
+
+
+@pytest.mark.parametrize("name", STUDY_FILES)
+def test_every_study_file_resolves_for_every_run(name, tmp_path):
+    study = load_study(REPO / "configs" / "study" / name)
+    assert study.arms and study.widths and study.seeds
     for arm in study.arms:
         for width in study.widths:
             config = load_config(arm.config, train_overrides(study, arm, width, study.seeds[0], tmp_path))

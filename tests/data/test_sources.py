@@ -8,7 +8,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -51,22 +50,15 @@ def test_mnist5k_is_the_embedded_digits_padded_to_32():
     assert np.array_equal(np.bincount(labels), np.full(10, 500))  # 500 per class, sorted by class
 
 
-def test_mnist5k_loads_fast_after_the_first_read_and_is_stable():
-    build_dataset(DataConfig())
-    start = time.perf_counter()
-    again = build_dataset(DataConfig())
-    assert time.perf_counter() - start < 0.5
-    assert again.fingerprint == build_dataset(DataConfig()).fingerprint
-    assert len(again.fingerprint) == 16
-
-
-def test_mnist5k_loads_in_a_fresh_process_well_under_a_second():
-    code = (
-        "import time; from scs_gan.data import DataConfig, build_dataset; build_dataset(DataConfig());"
-        "t = time.perf_counter(); build_dataset(DataConfig()); print(time.perf_counter() - t)"
-    )
+def test_mnist5k_is_the_same_on_every_load_and_in_every_process():
+    """Its load time is measured by `scs-gan bench data`, not asserted here; what a test can pin is that
+    every load, in this process or a fresh one, gives the same images (the fingerprint)."""
+    first, again = build_dataset(DataConfig()), build_dataset(DataConfig())
+    assert torch.equal(first.images, again.images)
+    assert len(first.fingerprint) == 16 and again.fingerprint == first.fingerprint
+    code = "from scs_gan.data import DataConfig, build_dataset; print(build_dataset(DataConfig()).fingerprint)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
-    assert float(out.stdout.strip().splitlines()[-1]) < 0.5
+    assert out.stdout.strip().splitlines()[-1] == first.fingerprint
 
 
 def test_mnist5k_other_resolutions_channels_and_subsets():
@@ -154,22 +146,25 @@ def test_cifar_loader_refuses_pickles_that_run_code(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "celeba"])
-def test_missing_torchvision_files_offline_fail_fast_with_a_sentence(tmp_path, name):
-    start = time.perf_counter()
+def test_missing_torchvision_files_offline_fail_with_a_sentence_without_trying_the_network(tmp_path, name, monkeypatch):
+    tried = []
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: tried.append(a) or [])
     with pytest.raises(UserError, match=rf"dataset {name} was not found under .*data\.download=true"):
         build_dataset(DataConfig(name=name, path=str(tmp_path)))
-    assert time.perf_counter() - start < 5
+    assert tried == []  # without data.download nothing is looked up, so nothing can hang
 
 
-def test_download_without_network_fails_fast_with_a_sentence(tmp_path, monkeypatch):
+def test_download_without_network_fails_with_a_sentence_without_retries(tmp_path, monkeypatch):
+    lookups = []
+
     def offline(*args, **kwargs):
+        lookups.append(args[0])
         raise socket.gaierror(-2, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", offline)  # the same failure as this machine's closed network
-    start = time.perf_counter()
     with pytest.raises(UserError, match="could not download mnist"):
         build_dataset(DataConfig(name="mnist", path=str(tmp_path), download=True))
-    assert time.perf_counter() - start < 60
+    assert lookups and len(lookups) == len(set(lookups))  # each mirror tried once: no retries on a closed network
 
 
 def test_celeba_layout_with_partitions(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from scs_gan.nn import SCS2d, SCSTranspose2d
 from scs_gan.nn import functional as SF
@@ -293,14 +292,20 @@ def test_gradcheck_through_module_parametrisation(transposed):
     make = make_scst2d if transposed else make_scs2d
     layer, x = _safe_input(make, (SCST2D_CONFIGS if transposed else SCS2D_CONFIGS)[1], True)
 
-    def fn(w, p_raw, q_raw):
-        p, q = layer.p_floor + F.softplus(p_raw), F.softplus(q_raw)
-        if transposed:
-            return SF.sharpened_cosine_similarity_transpose2d(x, w, p, q, None, **scst2d_args(layer))
-        return SF.sharpened_cosine_similarity2d(x, w, p, q, None, **scs2d_args(layer))
+    def fn(w, p_raw, q_raw):  # the module's own forward, with its .p and .q, on the given raw parameters
+        return torch.func.functional_call(layer, {"weight": w, "p_raw": p_raw, "q_raw": q_raw}, (x,))
 
     inputs = tuple(t.detach().clone().requires_grad_() for t in (layer.weight, layer.p_raw, layer.q_raw))
     assert torch.autograd.gradcheck(fn, inputs)
+    # the constraint really is applied: p_raw far below zero still gives p >= p_floor, and the gradient
+    # that reaches p_raw is d out/d p times the softplus slope
+    p_raw = torch.full_like(layer.p_raw, -30.0, requires_grad=True)
+    out = torch.func.functional_call(layer, {"p_raw": p_raw}, (x,))
+    with torch.no_grad():
+        layer.p_raw.fill_(-30.0)
+    assert bool((layer.p >= layer.p_floor).all()) and bool((layer.p - layer.p_floor < 1e-12).all())
+    (grad,) = torch.autograd.grad(out.sum(), p_raw)
+    assert grad.abs().max() < 1e-10  # softplus'(-30) = 1e-13: the floor is smooth, not a clamp
 
 
 @pytest.mark.parametrize("transposed", [False, True])
