@@ -8,8 +8,10 @@ an error naming the expected type. The resolved configuration is plain data (``t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -77,14 +79,17 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             return value
         raise UserError(f"{path} must be true or false, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise UserError(f"{path} must be a number, got {value!r}")
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None:
+            raise UserError(f"{path} must be a number, got {value!r}")
+        if not math.isfinite(number):  # no option means anything at infinity or NaN
+            raise UserError(f"{path} must be a finite number, got {value!r}")
+        return number
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -167,6 +172,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {str(path)!r} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise UserError(f"config file {str(path)!r} is not UTF-8 text (byte {error.start} cannot be decoded)") from None
+    except OSError as error:
+        raise UserError(f"config file {str(path)!r} cannot be read ({error.strerror or error})") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

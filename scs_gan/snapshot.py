@@ -38,7 +38,7 @@ from torch import Tensor
 from .config import from_dict, to_dict
 from .errors import UserError
 from .io import atomic_write, atomic_write_text
-from .models import Generator, GeneratorConfig
+from .models import Generator, GeneratorConfig, ModelConfig
 
 SNAPSHOT_FORMAT = "scs_gan.generator"
 SNAPSHOT_VERSION = 2
@@ -160,6 +160,7 @@ def _parse_spec(section: Any, where: str) -> GeneratorSpec:
         raise UserError(f"{where} is damaged: its generator description is not a mapping")
     try:
         g = from_dict(GeneratorConfig, section.get("g"), "model.g")
+        ModelConfig(g=g).validate()
     except UserError as error:
         raise UserError(f"{where} describes a generator this scs_gan cannot build ({error})") from None
     return GeneratorSpec(

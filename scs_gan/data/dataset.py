@@ -72,6 +72,8 @@ class DataConfig:
             raise UserError(f"data.count must be at least 1, got {self.count}")
         if self.workers < 0:
             raise UserError(f"data.workers must be >= 0, got {self.workers}")
+        if self.in_memory_mb < 0:
+            raise UserError(f"data.in_memory_mb must be >= 0, got {self.in_memory_mb}")
 
 
 class ImageDataset(Dataset):

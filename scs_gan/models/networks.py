@@ -85,6 +85,18 @@ class DiscriminatorConfig:
     gain_lr_mul: float = 50.0
 
 
+def _validate_layers(c: GeneratorConfig | DiscriminatorConfig, section: str) -> None:
+    if c.channels < 1 or c.max_channels < 1:
+        raise UserError(f"{section}.channels and {section}.max_channels must be at least 1")
+    if c.kind != "conv":
+        if c.p_floor < 0 or (c.kind == "scs" and not c.p_init > c.p_floor):
+            raise UserError(f"{section}.p_floor must be >= 0 and {section}.p_init greater than it")
+        if not c.q_init > 0:
+            raise UserError(f"{section}.q_init must be positive")
+        if not c.gain_lr_mul > 0:
+            raise UserError(f"{section}.gain_lr_mul must be positive")
+
+
 @dataclass
 class ModelConfig:
     """Both networks (``model.*``): latent size, image shape (from the data section) and architectures."""
@@ -92,6 +104,13 @@ class ModelConfig:
     z_dim: int = 128
     g: GeneratorConfig = field(default_factory=GeneratorConfig)
     d: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` for values no network can be built from."""
+        if self.z_dim < 1:
+            raise UserError(f"model.z_dim must be at least 1, got {self.z_dim}")
+        _validate_layers(self.g, "model.g")
+        _validate_layers(self.d, "model.d")
 
 
 class Gain(nn.Module):

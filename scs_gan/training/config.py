@@ -119,18 +119,16 @@ class RunConfig:
             raise UserError("train.g_lr, train.d_lr and train.pq_lr_mul must be positive")
         if t.r1_gamma < 0 or t.r1_interval < 1:
             raise UserError("train.r1_gamma must be >= 0 and train.r1_interval >= 1")
+        if t.ema_kimg < 0 or (t.ema_rampup is not None and not t.ema_rampup > 0):
+            raise UserError("train.ema_kimg must be >= 0 and train.ema_rampup positive (or null for none)")
+        if t.seed < 0:
+            raise UserError(f"train.seed must be >= 0, got {t.seed}")
         if min(t.snapshot_ticks, t.checkpoint_ticks, t.keep_checkpoints, t.nan_patience, t.grid_seeds) < 1:
             raise UserError(
                 "train.snapshot_ticks, checkpoint_ticks, keep_checkpoints, nan_patience and grid_seeds "
                 "must be at least 1"
             )
-        if t.tick_kimg * t.snapshot_ticks < 1:
-            raise UserError(
-                "snapshots must be at least 1 kimg apart, since their files are named by kimg: raise "
-                f"train.tick_kimg ({t.tick_kimg}) or train.snapshot_ticks ({t.snapshot_ticks})"
-            )
-        if self.model.z_dim < 1:
-            raise UserError("model.z_dim must be positive")
+        self.model.validate()
 
     def describe(self) -> str:
         """A short run description: dataset, resolution and the two network kinds."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -68,8 +69,39 @@ def test_config_file_errors(tmp_path):
     (tmp_path / "unknown.yaml").write_text("trian: {kimg: 1}\n")
     with pytest.raises(UserError, match="unknown config key 'trian'; did you mean 'train'"):
         load_config(tmp_path / "unknown.yaml")
-    with pytest.raises(UserError, match="at least 1 kimg apart"):
-        load_config(None, ["train.tick_kimg=0.1", "train.snapshot_ticks=2"])
+    # snapshots are named by image count, so they may be any distance apart
+    assert load_config(None, ["train.tick_kimg=0.1", "train.snapshot_ticks=2"]).train.tick_kimg == 0.1
+    (tmp_path / "latin1.yaml").write_bytes("train: {desc: caf\u00e9}\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"is not UTF-8 text \(byte 17"):
+        load_yaml(tmp_path / "latin1.yaml")
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.kimg=.nan", "train.kimg must be a finite number"),
+        ("train.kimg=.inf", "train.kimg must be a finite number"),
+        ("train.g_lr=.nan", "train.g_lr must be a finite number"),
+        ("train.pq_lr_mul=.inf", "train.pq_lr_mul must be a finite number"),
+        ("train.kimg=-1", "must be positive"),
+        ("train.ema_kimg=-5", "train.ema_kimg must be >= 0"),
+        ("train.ema_rampup=-1", "train.ema_rampup positive"),
+        ("train.seed=-3", "train.seed must be >= 0"),
+        ("model.g.channels=-4", "model.g.channels and model.g.max_channels must be at least 1"),
+        ("model.d.max_channels=0", "model.d.channels and model.d.max_channels must be at least 1"),
+        ("model.z_dim=0", "model.z_dim must be at least 1"),
+        ("model.g.q_init=0", "model.g.q_init must be positive"),
+        ("model.d.p_init=0.5", "model.d.p_floor must be >= 0 and model.d.p_init greater than it"),
+        ("model.g.gain_lr_mul=0", "model.g.gain_lr_mul must be positive"),
+        ("data.in_memory_mb=-1", "data.in_memory_mb must be >= 0"),
+        ("metrics.batch=-1", "must be >= 0"),
+    ],
+)
+def test_every_number_is_validated_when_loaded(override, message):
+    """What training would refuse, loading (and so --dry-run) refuses, in one sentence."""
+    with pytest.raises(UserError, match=re.escape(message)) as error:
+        load_config(None, [override])
+    assert "\n" not in str(error.value)
 
 
 def test_run_directories_are_numbered_and_never_reused(tmp_path):
