@@ -93,3 +93,13 @@ def test_data_flows_one_way():
         upstream = {m for m in _reaches(graph, lower) if m.startswith(("scs_gan.training", "scs_gan.metrics"))}
         assert not upstream, f"{lower} reaches {sorted(upstream)}"
     assert "scs_gan.cli" not in _reaches(graph, "scs_gan.training")
+
+
+def test_the_readme_layout_names_every_part_of_the_package():
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    parts = [p.name for p in PACKAGE.iterdir() if p.suffix == ".py" and not p.name.startswith("__")]
+    parts += [f"scs_gan/{p.name}/" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()]
+    parts += [p.name for p in (PACKAGE / "training").glob("*.py") if not p.name.startswith("__")]
+    missing = [p for p in parts if p not in layout]
+    assert not missing, f"README's layout does not mention {missing}"
