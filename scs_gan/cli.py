@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 
 from . import __version__
 from .errors import UserError
+from .io import storage_errno
 
 
 def _add_bench(subparsers) -> None:
@@ -424,3 +426,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a failing disk surfaces as OSError, or from safetensors as its own error type
+        code = storage_errno(error)
+        if code not in _STORAGE_ERRORS:
+            raise
+        filename = getattr(error, "filename", None)
+        where = f" ({filename})" if filename else ""
+        print(
+            f"error: {_STORAGE_ERRORS[code]}{where}; files written before this one, and every finished "
+            "checkpoint, are intact (training resumes with --resume once that is fixed)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+# Failures of the disk rather than of the program: one sentence, not a traceback.
+_STORAGE_ERRORS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}

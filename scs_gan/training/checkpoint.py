@@ -130,10 +130,16 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, ema: nn.Module, pro
         shutil.rmtree(tmp, ignore_errors=True)
         folder.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    try:
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            state = {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
+            save_file(state, str(tmp / "ema.safetensors"))
+            (tmp / "progress.json").write_text(json.dumps(asdict(progress), indent=1), encoding="utf-8")
+    except (OSError, SafetensorError):  # a full disk, say: the unfinished folder goes, the finished ones stay
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if accelerator.is_main_process:
-        save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
-        (tmp / "progress.json").write_text(json.dumps(asdict(progress), indent=1), encoding="utf-8")
         if final.exists():  # the same image count saved again (resumed from an older checkpoint): keep the old one
             final.rename(_unused_name(final, "replaced"))
         tmp.rename(final)

@@ -152,6 +152,46 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path):
     assert len(lines) == len({json.loads(line)["kimg"] for line in lines})  # no tick written twice
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real, tiny file system (tmpfs) to fill; skipped where mounting is not allowed (not root)."""
+
+    def mount(size_kb: int) -> Path:
+        where = tmp_path / f"disk{size_kb}"
+        where.mkdir()
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(where)], capture_output=True, check=False
+        )
+        if result.returncode:
+            pytest.skip("mounting a small tmpfs needs root")
+        mounted.append(where)
+        return where
+
+    mounted: list[Path] = []
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", str(where)], capture_output=True, check=False)
+
+
+@pytest.mark.parametrize("size_kb", [12, 520])
+def test_a_full_disk_is_one_sentence_and_keeps_every_finished_checkpoint(tmp_path, small_disk, size_kb):
+    """12 KB fills while the run starts; 520 KB while the third checkpoint is written."""
+    from scs_gan.training.checkpoint import list_checkpoints, verify_checkpoint
+
+    disk = small_disk(size_kb)
+    cmd = [sys.executable, "-m", "scs_gan", "train", "--config", SMOKE, f"train.runs_dir={disk}", "train.kimg=6"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env(tmp_path), check=False)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "the disk is full" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    run = only_run(disk.parent, disk.name)
+    assert not list((run / "checkpoints").glob(".tmp-*")) if (run / "checkpoints").exists() else True
+    finished = list_checkpoints(run)
+    if size_kb > 100:
+        assert len(finished) == 2  # the two before the one that did not fit
+    assert all(verify_checkpoint(c, 1) is None for c in finished)
+
+
 def _start(tmp_path: Path, runs: str) -> subprocess.Popen:
     cmd = [
         sys.executable,
