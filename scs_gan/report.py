@@ -263,6 +263,7 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None) -> P
         *_metric_plots(runs),
         _line_plot(runs, "Training speed", ["images_per_s"], "images/s"),
         _line_plot(runs, "R1 penalty", ["r1"], "R1"),
+        _line_plot(runs, "Augmentation: strength p and D's mean sign on reals", ["augment_p", "ada_rt"], "value"),
         *_layer_plots(runs, "p"),
         *_layer_plots(runs, "q"),
     ]

@@ -43,6 +43,7 @@ class Progress:
     loader: dict[str, Any] = field(default_factory=lambda: {"batches_done": 0})
     tracker_run_id: str | None = None
     best_fid: float | None = None
+    augment: dict[str, Any] | None = None  # the adaptive augmentation strength's state
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -33,6 +33,13 @@ class TrainConfig:
             moves each by about the learning rate per step, so without it they barely leave their initial values.
         loss: ``logistic`` (non-saturating) or ``hinge``.
         r1_gamma: R1 penalty weight (0 = off), applied lazily every r1_interval D steps.
+        augment: differentiable augmentation of every image D sees (reals and fakes, in the D and G steps
+            and the reals of R1): any of ``translation``, ``cutout``, ``color`` (DiffAugment); empty = off.
+        augment_p: the probability with which each policy is applied to each image: fixed when ada_target
+            is null (1 = classic DiffAugment), else ADA's starting strength.
+        ada_target, ada_interval, ada_kimg: ADA's adaptive strength: every ada_interval D steps the mean sign
+            of D on reals is compared with ada_target and ``p`` moves up or down at a speed that would take it
+            from 0 to 1 in ada_kimg thousand images (see scs_gan/training/augment.py).
         ema_kimg, ema_rampup: half-life of the generator EMA in kimg, and its ramp-up (null = none).
         mixed_precision: ``no``, ``bf16`` or ``fp16``.
         seed: seeds models, data order and latents (per process).
@@ -57,6 +64,11 @@ class TrainConfig:
     loss: Literal["logistic", "hinge"] = "logistic"
     r1_gamma: float = 0.0
     r1_interval: int = 16
+    augment: list[Literal["translation", "cutout", "color"]] = field(default_factory=list)
+    augment_p: float = 0.0
+    ada_target: float | None = 0.6
+    ada_interval: int = 4
+    ada_kimg: float = 100.0
     ema_kimg: float = 5.0
     ema_rampup: float | None = 0.05
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -119,6 +131,12 @@ class RunConfig:
             raise UserError("train.g_lr, train.d_lr and train.pq_lr_mul must be positive")
         if t.r1_gamma < 0 or t.r1_interval < 1:
             raise UserError("train.r1_gamma must be >= 0 and train.r1_interval >= 1")
+        if len(set(t.augment)) != len(t.augment):
+            raise UserError(f"train.augment names a policy twice: {t.augment}")
+        if not 0 <= t.augment_p <= 1 or (t.ada_target is not None and not -1 <= t.ada_target <= 1):
+            raise UserError("train.augment_p must be in [0, 1] and train.ada_target in [-1, 1] (or null: fixed p)")
+        if t.ada_interval < 1 or not t.ada_kimg > 0:
+            raise UserError("train.ada_interval must be at least 1 and train.ada_kimg positive")
         if t.ema_kimg < 0 or (t.ema_rampup is not None and not t.ema_rampup > 0):
             raise UserError("train.ema_kimg must be >= 0 and train.ema_rampup positive (or null for none)")
         if t.seed < 0:

@@ -39,6 +39,7 @@ from ..metrics.weights import resolve_fid_weights
 from ..models import build_discriminator, build_generator, count_parameters
 from ..snapshot import save_snapshot
 from . import trackers
+from .augment import AdaptiveStrength, augment
 from .checkpoint import (
     Progress,
     list_checkpoints,
@@ -166,6 +167,7 @@ class Trainer:
             pin_memory=acc.device.type == "cuda",
         )
         self.progress = Progress()
+        self.strength = AdaptiveStrength(t.augment_p, t.ada_target, t.ada_interval, t.ada_kimg) if t.augment else None
         self.grid_latents = latents_for_seeds(range(t.grid_seeds), config.model.z_dim, acc.device)
         self.evaluator = self._make_evaluator()
         self.checkpoint = self._resume(checkpoint) if checkpoint is not None else None
@@ -218,6 +220,8 @@ class Trainer:
         acc.wait_for_everyone()
         self.progress = load_checkpoint(acc, checkpoint, self.G_ema)
         self.loader.load_state_dict(self.progress.loader)
+        if self.strength is not None and self.progress.augment is not None:
+            self.strength.load_state_dict(self.progress.augment)
         if self.main:
             kimg = self.progress.cur_nimg / 1000
             for path in [self.run_dir / "stats.jsonl", *self.run_dir.glob("metric-*.jsonl")]:
@@ -232,6 +236,17 @@ class Trainer:
     def _z(self) -> Tensor:
         return torch.randn(self.batch_gpu, self.config.model.z_dim, device=self.accelerator.device)
 
+    def _augment(self, images: Tensor) -> Tensor:
+        """What D sees: ``images`` augmented with the current strength (draws from the checkpointed RNG)."""
+        if self.strength is None:
+            return images
+        return augment(images, self.config.train.augment, self.strength.p)
+
+    def _reduce_signs(self, signs_sum: float, count: int) -> tuple[float, int]:
+        total = torch.tensor([signs_sum, count], dtype=torch.float64, device=self.accelerator.device)
+        total = self.accelerator.reduce(total, reduction="sum")
+        return total[0].item(), int(total[1].item())
+
     def _d_step(self, reals: list[Tensor], do_r1: bool) -> tuple[float, float | None, bool]:
         acc, t = self.accelerator, self.config.train
         total, r1_total = 0.0, 0.0
@@ -242,8 +257,10 @@ class Trainer:
                     fake = self.G(self._z())
                 if do_r1:
                     real = real.detach().requires_grad_(True)
-                real_logits = self.D(real)
-                loss = d_loss(t.loss, real_logits, self.D(fake.detach()))
+                real_logits = self.D(self._augment(real))  # R1 differentiates through the augmentation
+                loss = d_loss(t.loss, real_logits, self.D(self._augment(fake.detach())))
+                if self.strength is not None:
+                    self.strength.accumulate(real_logits.detach().sign().sum().item(), real_logits.numel())
                 if do_r1:
                     weighted, penalty = r1_loss(real_logits, real, t.r1_gamma, t.r1_interval, _loss_scale(acc))
                     loss = loss + weighted
@@ -260,7 +277,7 @@ class Trainer:
             for i in range(self.accum):
                 sync = contextlib.nullcontext() if i == self.accum - 1 else acc.no_sync(self.G)
                 with sync, acc.no_sync(self.D):
-                    loss = g_loss(t.loss, self.D(self.G(self._z())))
+                    loss = g_loss(t.loss, self.D(self._augment(self.G(self._z()))))
                     acc.backward(loss / self.accum)
                     total += loss.item() / self.accum
         finally:
@@ -285,6 +302,9 @@ class Trainer:
         ok_d = ok_d and (not check_grads or _grads_finite(self.D))
         ok_d, no_signal = _all_true(self.accelerator, [ok_d, self.stop.received is None])
         self._apply(self.opt_D, ok_d)
+        if self.strength is not None:
+            self.strength.step(t.batch, self._reduce_signs if self.accelerator.num_processes > 1 else None)
+            p.augment = self.strength.state_dict()
         loss_g, ok_g = self._g_step()
         ok_g = ok_g and (not check_grads or _grads_finite(self.G))
         (ok_g,) = _all_true(self.accelerator, [ok_g])
@@ -391,6 +411,7 @@ class Trainer:
             "peak_mem_mb": round(peak_memory_mb(acc.device), 1),
             "nan_skips": p.nan_skips,
             **means,
+            **({"augment_p": self.strength.p, "ada_rt": self.strength.rt} if self.strength is not None else {}),
             **layer_stats({"G": acc.unwrap_model(self.G), "D": acc.unwrap_model(self.D)}),
         }
 
@@ -400,6 +421,7 @@ class Trainer:
             f"sec/kimg {record['sec_per_kimg']:<7.2f} img/s {record['images_per_s']:<8.1f} "
             f"loss_D {_fmt(record['loss_D'])} loss_G {_fmt(record['loss_G'])} r1 {_fmt(record.get('r1'))} "
             f"nan_skips {record['nan_skips']}"
+            + (f" augment_p {record['augment_p']:.3f}" if "augment_p" in record else "")
         )
 
     # -------------------------------------------------------------------------------------------- run

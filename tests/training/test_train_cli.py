@@ -192,6 +192,32 @@ def test_a_full_disk_is_one_sentence_and_keeps_every_finished_checkpoint(tmp_pat
     assert all(verify_checkpoint(c, 1) is None for c in finished)
 
 
+def test_adaptive_augmentation_resumes_bit_exactly(tmp_path):
+    """With ADA and R1 through the augmentation, a run resumed from its end equals one longer run: the
+    strength, its accumulators and the augmentation draws are all restored."""
+    aug = [
+        "train.augment=[translation,cutout]",
+        "train.augment_p=0.2",
+        "train.ada_interval=2",
+        "train.ada_kimg=5",
+        "train.r1_gamma=1",
+        "train.r1_interval=4",
+    ]
+    assert train(tmp_path, "train.kimg=2", *aug, runs="full").returncode == 0
+    assert train(tmp_path, "train.kimg=1", *aug, runs="split").returncode == 0
+    result = train(tmp_path, "--resume", "latest", "train.kimg=2", runs="split")
+    assert result.returncode == 0, result.stderr
+    full, split = only_run(tmp_path, "full"), only_run(tmp_path, "split")
+    assert_bitwise_equal(final_state(full), final_state(split))
+    stats = [json.loads(line) for line in (full / "stats.jsonl").read_text().splitlines()]
+    strengths = [s["augment_p"] for s in stats]
+    assert len(set(strengths)) > 1 and all(0 <= p <= 1 for p in strengths)  # it adapts
+    assert all(-1 <= s["ada_rt"] <= 1 for s in stats)
+    split_stats = {s["kimg"]: s["augment_p"] for s in map(json.loads, (split / "stats.jsonl").read_text().splitlines())}
+    common = [s for s in stats if s["kimg"] in split_stats]  # the split run ticked at its first end, 1.008
+    assert len(common) >= 4 and all(split_stats[s["kimg"]] == s["augment_p"] for s in common)
+
+
 def _start(tmp_path: Path, runs: str) -> subprocess.Popen:
     cmd = [
         sys.executable,

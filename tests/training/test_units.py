@@ -95,6 +95,11 @@ def test_config_file_errors(tmp_path):
         ("model.g.gain_lr_mul=0", "model.g.gain_lr_mul must be positive"),
         ("data.in_memory_mb=-1", "data.in_memory_mb must be >= 0"),
         ("metrics.batch=-1", "must be >= 0"),
+        ("train.augment=[flip]", "train.augment[0] must be one of"),
+        ("train.augment=[cutout,cutout]", "train.augment names a policy twice"),
+        ("train.augment_p=1.5", "train.augment_p must be in [0, 1]"),
+        ("train.ada_target=2", "train.ada_target in [-1, 1]"),
+        ("train.ada_kimg=0", "train.ada_kimg positive"),
     ],
 )
 def test_every_number_is_validated_when_loaded(override, message):
