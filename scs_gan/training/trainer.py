@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, broadcast_object_list, set_seed
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -102,6 +102,20 @@ def _grads_finite(module: nn.Module) -> bool:
     return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
+def apply_step(optimizer: torch.optim.Optimizer, ok: bool, scaler: torch.amp.GradScaler | None) -> None:
+    """Step ``optimizer`` if ``ok`` (the gradients are finite everywhere), then clear the gradients.
+
+    Under fp16, a step skipped here is one the gradient scaler never saw overflow in (the loss itself was
+    not finite, e.g. an overflowing R1 penalty), so the scale is backed off here as ``scaler.step`` would
+    have done; otherwise the same overflow would be skipped again and again at the same scale.
+    """
+    if ok:
+        optimizer.step()
+    elif scaler is not None:
+        scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+    optimizer.zero_grad(set_to_none=True)
+
+
 def _loss_scale(accelerator: Accelerator) -> float:
     """The fp16 gradient scaler's current scale (1 without one): R1 differentiates the scaled logits."""
     return accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0
@@ -128,6 +142,10 @@ class Trainer:
             log_with=config.train.trackers or None,
             # the run directory does not exist yet; trackers.start points the logging dir into it
             project_config=ProjectConfiguration(project_dir=config.train.runs_dir, logging_dir=config.train.runs_dir),
+            # DDP would copy rank 0's batch-norm statistics into every replica at each forward, in place,
+            # between D's two forwards of one step (a failing backward on CUDA, diverged replicas on gloo);
+            # the statistics are averaged over processes after each step instead (_sync_buffers)
+            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
         )
         self.main = acc.is_main_process
         if checkpoint is not None:
@@ -284,14 +302,14 @@ class Trainer:
             self.D.requires_grad_(True)
         return total, math.isfinite(total)
 
-    def _apply(self, optimizer: torch.optim.Optimizer, ok: bool) -> None:
-        """Step ``optimizer`` if ``ok``; under fp16 a skipped step still backs the gradient scale off."""
-        if ok:
-            optimizer.step()
-        elif (scaler := self.accelerator.scaler) is not None:
-            # without a step the scaler never sees the overflow: lower the scale as a skipped scaler.step would
-            scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
-        optimizer.zero_grad(set_to_none=True)
+    def _sync_buffers(self) -> None:
+        """Average the floating-point buffers (batch-norm statistics) of G and D over processes."""
+        if self.accelerator.num_processes == 1:
+            return
+        for module in (self.G, self.D):
+            for buffer in self.accelerator.unwrap_model(module).buffers():
+                if buffer.is_floating_point():
+                    buffer.copy_(self.accelerator.reduce(buffer, reduction="mean"))
 
     def step(self) -> tuple[dict[str, float | None], bool]:
         """One D update and one G update; returns the losses and whether any process was asked to stop."""
@@ -301,14 +319,15 @@ class Trainer:
         check_grads = t.mixed_precision != "fp16"  # under fp16 the gradient scaler skips inf steps itself
         ok_d = ok_d and (not check_grads or _grads_finite(self.D))
         ok_d, no_signal = _all_true(self.accelerator, [ok_d, self.stop.received is None])
-        self._apply(self.opt_D, ok_d)
+        apply_step(self.opt_D, ok_d, self.accelerator.scaler)
         if self.strength is not None:
             self.strength.step(t.batch, self._reduce_signs if self.accelerator.num_processes > 1 else None)
             p.augment = self.strength.state_dict()
         loss_g, ok_g = self._g_step()
         ok_g = ok_g and (not check_grads or _grads_finite(self.G))
         (ok_g,) = _all_true(self.accelerator, [ok_g])
-        self._apply(self.opt_G, ok_g)
+        apply_step(self.opt_G, ok_g, self.accelerator.scaler)
+        self._sync_buffers()
         p.cur_nimg += t.batch
         p.step += 1
         beta = ema_beta(t.batch, t.ema_kimg, p.cur_nimg, t.ema_rampup)

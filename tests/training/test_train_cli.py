@@ -312,7 +312,9 @@ def test_nan_guard_skips_counts_and_stops_with_a_checkpoint(tmp_path):
     assert progress["nan_skips"] >= 5 and progress["consecutive_bad"] == 5
 
 
-def test_two_processes_under_accelerate_end_identical(tmp_path):
+@pytest.mark.parametrize("kind", ["scs", "cosine", "conv"])
+def test_two_processes_under_accelerate_end_identical(tmp_path, kind):
+    """Every arm, the DCGAN's batch norm included, ends with identical replicas (weights and buffers)."""
     cmd = [
         *TWO_PROCESS_LAUNCH,
         "-m",
@@ -321,7 +323,9 @@ def test_two_processes_under_accelerate_end_identical(tmp_path):
         "--config",
         SMOKE,
         f"train.runs_dir={tmp_path / 'runs'}",
-        "train.kimg=1",
+        f"model.g.kind={kind}",
+        f"model.d.kind={kind}",
+        "train.kimg=1" if kind == "scs" else "train.kimg=0.5",
         "train.r1_gamma=1",
         "train.r1_interval=4",
     ]

@@ -19,7 +19,7 @@ from scs_gan.training.config import RunConfig, given_keys, load_config, merge_fo
 from scs_gan.training.ema import ema_beta, update_ema
 from scs_gan.training.losses import d_loss, g_loss, r1_loss, r1_penalty
 from scs_gan.training.rundir import create_run_dir
-from scs_gan.training.trainer import param_groups
+from scs_gan.training.trainer import Trainer, apply_step, param_groups
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -258,3 +258,39 @@ def test_p_and_q_get_their_own_learning_rate():
     conv = ModelConfig()
     conv.g.kind = "conv"
     assert len(param_groups(build_generator(conv, 32, 1), 2e-4, 20.0)) == 1
+
+
+def test_a_skipped_fp16_step_backs_the_gradient_scale_off():
+    """A non-finite loss (an overflowing R1 penalty, say) skips the step before the scaler sees it; the scale
+    must still fall, or the same overflow repeats at the same scale forever."""
+    layer = torch.nn.Linear(3, 1)
+    before = [p.detach().clone() for p in layer.parameters()]
+    optimizer = torch.optim.Adam(layer.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(layer(torch.ones(1, 3)).sum() * float("inf")).backward()  # as accelerator.backward does
+    apply_step(optimizer, False, scaler)
+    assert scaler.get_scale() == 512.0
+    assert all(p.grad is None for p in layer.parameters())
+    assert all(torch.equal(a, p) for a, p in zip(before, layer.parameters(), strict=True))
+    apply_step(optimizer, False, scaler)
+    assert scaler.get_scale() == 256.0
+    layer(torch.ones(1, 3)).sum().backward()
+    apply_step(optimizer, True, None)  # without a scaler (fp32/bf16) a good step just steps
+    assert not all(torch.equal(a, p) for a, p in zip(before, layer.parameters(), strict=True))
+
+
+def test_the_ema_generator_runs_in_float32_under_bf16_training(tmp_path):
+    """The EMA copy is taken before Accelerate wraps G's forward in autocast, so training-time samples and
+    metrics see the same network that `scs-gan metrics` loads from the snapshot."""
+    config = load_config(CONFIGS / "smoke.yaml", [f"train.runs_dir={tmp_path}", "train.mixed_precision=bf16"])
+    trainer = Trainer(config)
+    try:
+        assert "forward" not in vars(trainer.G_ema)  # the class's own forward, not a patched one
+        z = latents_for_seeds(range(4), config.model.z_dim)
+        plain = build_generator(config.model, 32, 1).eval()
+        plain.load_state_dict(trainer.G_ema.state_dict())
+        with torch.no_grad():
+            out = trainer.G_ema(z)
+            assert out.dtype == torch.float32 and torch.equal(out, plain(z))
+    finally:
+        trainer.close()
