@@ -66,7 +66,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     if args.what == "train":
         from .training import bench as train_bench
 
-        for line in train_bench.run([f"train.batch={args.batch}"], steps=args.repeats):
+        precision = [] if args.autocast == "none" else [f"train.mixed_precision={args.autocast}"]
+        for line in train_bench.run([f"train.batch={args.batch}", *precision], steps=args.repeats):
             print(line, flush=True)
         return 0
     return bench.main(
@@ -258,8 +259,13 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 3,14,15 (default 0-63)")
     p.add_argument("--grid", metavar="RxC", help="grid shape, e.g. 8x8 (default: near-square)")
     out = p.add_mutually_exclusive_group(required=True)
-    out.add_argument("--out", metavar="PNG", help="write one grid image")
-    out.add_argument("--outdir", metavar="DIR", help="write one PNG per seed, named by seed")
+    out.add_argument("--out", metavar="FILE", help="write one grid image: .png, .jpg/.jpeg (quality 95) or .webp")
+    out.add_argument("--outdir", metavar="DIR", help="write one PNG per seed, named by seed, a batch at a time")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --outdir replace existing seedNNNN.png files (default: refuse, before writing anything)",
+    )
     p.add_argument("--trunc", type=float, default=1.0, help="truncation: scale latents towards the mean (1 = off)")
     p.add_argument("--batch", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
@@ -282,21 +288,27 @@ def _load_for_sampling(args: argparse.Namespace):
 
 
 def _run_generate(args: argparse.Namespace) -> int:
+    from itertools import chain
     from pathlib import Path
 
     from . import generate as gen
+    from .images import IMAGE_FORMATS
 
-    seeds = gen.parse_seeds(args.seeds)
-    if args.out:
-        gen.parse_grid(args.grid, len(seeds))  # a bad grid fails before any work
-    generator = _load_for_sampling(args)
-    images = gen.generate(generator, gen.seed_latents(seeds, generator.z_dim, args.trunc), args.batch)
-    if args.out:
-        gen.save_grid(images, Path(args.out), args.grid)
-        print(f"wrote {len(seeds)} images to {args.out}")
+    ranges = gen.parse_seed_ranges(args.seeds)  # not a list: 0-100000000 streams through in batches
+    count = gen.count_seeds(ranges)
+    if args.out:  # a bad grid, suffix or path fails before any work
+        gen.check_output_file(Path(args.out), IMAGE_FORMATS)
+        rows, columns = gen.parse_grid(args.grid, count)
     else:
-        paths = gen.save_per_seed(images, seeds, Path(args.outdir))
-        print(f"wrote {len(paths)} images to {args.outdir}")
+        gen.check_outdir(Path(args.outdir), ranges, args.overwrite)
+    generator = _load_for_sampling(args)
+    seeds = chain.from_iterable(ranges)
+    if args.out:
+        gen.write_grid(generator, seeds, Path(args.out), rows, columns, args.batch, args.trunc)
+        print(f"wrote {count} images to {args.out}")
+    else:
+        written = gen.write_per_seed(generator, seeds, Path(args.outdir), args.batch, args.trunc)
+        print(f"wrote {written} images to {args.outdir}")
     return 0
 
 
@@ -313,7 +325,7 @@ def _add_interpolate(subparsers) -> None:
     p.add_argument("--loop", action="store_true", help="walk back to the first seed at the end")
     p.add_argument("--fps", type=float, default=15.0, help="frames per second (default 15)")
     p.add_argument("--grid", metavar="RxC", help="layout of several walks (default: near-square)")
-    p.add_argument("--out", required=True, help="walk.gif or walk.mp4")
+    p.add_argument("--out", required=True, help="walk.gif or walk.mp4 (other suffixes are refused)")
     p.add_argument("--trunc", type=float, default=1.0, help="truncation towards the mean (1 = off)")
     p.add_argument("--batch", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
@@ -328,13 +340,12 @@ def _run_interpolate(args: argparse.Namespace) -> int:
     from . import generate as gen
     from .images import grid_array
 
-    walks = [gen.parse_seeds(part) for part in args.seeds.split(";") if part.strip()]
-    if len({len(w) for w in walks}) != 1:
-        raise UserError("all walks in --seeds must have the same number of seeds")
+    walks = [gen.parse_seeds(part, gen.MAX_ANIMATION_IMAGES) for part in args.seeds.split(";") if part.strip()]
+    gen.check_walks(walks, args.frames, args.loop)
     rows, columns = gen.parse_grid(args.grid, len(walks))
-    suffix = Path(args.out).suffix.lower()
-    if suffix not in (".gif", ".mp4"):
-        raise UserError(f"--out must end in .gif or .mp4, got {Path(args.out).name!r}")
+    gen.check_output_file(Path(args.out), gen.ANIMATION_SUFFIXES)
+    if not args.fps > 0:
+        raise UserError(f"--fps must be positive, got {args.fps}")
     generator = _load_for_sampling(args)
     movies = [
         gen.generate(generator, gen.walk_latents(w, generator.z_dim, args.frames, args.trunc, args.loop), args.batch)
