@@ -198,7 +198,9 @@ def _run_metrics(args: argparse.Namespace) -> int:
         from .metrics.evaluate import Evaluator
         from .metrics.weights import resolve_fid_weights
 
-        weights, source = resolve_fid_weights(args.fid_weights)
+        weights, source = resolve_fid_weights(
+            args.fid_weights, warn=lambda message: state.print(f"warning: {message}", file=sys.stderr)
+        )
     evaluator = Evaluator(dataset, weights, source, device, args.batch)
     results = evaluator.evaluate(
         generator,
@@ -221,7 +223,9 @@ def _add_fid_weights(subparsers) -> None:
     )
     p.add_argument("--path", help="check this weights file instead of searching")
     p.add_argument(
-        "--verify", action="store_true", help="also reproduce torchmetrics' documented FID and KID examples (~30 s)"
+        "--verify",
+        action="store_true",
+        help="also reproduce torchmetrics' documented FID and KID examples and the 2048-d features of a fixed batch",
     )
     p.add_argument("--offline", action="store_true", help="never try to download")
     p.set_defaults(func=_run_fid_weights)
@@ -230,7 +234,9 @@ def _add_fid_weights(subparsers) -> None:
 def _run_fid_weights(args: argparse.Namespace) -> int:
     from .metrics import weights as W
 
-    state, source = W.resolve_fid_weights(args.path, allow_download=not args.offline)
+    state, source = W.resolve_fid_weights(
+        args.path, allow_download=not args.offline, warn=lambda message: print(f"warning: {message}", file=sys.stderr)
+    )
     print(f"FID weights: {source}; id {W.weights_id(state)}")
     if not args.verify:
         return 0
@@ -246,7 +252,14 @@ def _run_fid_weights(args: argparse.Namespace) -> int:
         f"torchmetrics' documented KID example (subset_size=50): ({kid[0]:.4f}, {kid[1]:.4f}), expected "
         f"{W.FINGERPRINT_KID} ({'match' if kid_ok else 'MISMATCH'})"
     )
-    return 0 if fid_ok and kid_ok else 1
+    found = W.features2048_fingerprint(state)
+    found_ok = W.features2048_match(found)
+    print(
+        f"2048-d features of {W.FINGERPRINT_2048_IMAGES} seeded images (mean, norm, projection): "
+        f"({found[0]:.7g}, {found[1]:.7g}, {found[2]:.7g}), expected {W.FINGERPRINT_2048} "
+        f"({'match' if found_ok else 'MISMATCH'})"
+    )
+    return 0 if fid_ok and kid_ok and found_ok else 1
 
 
 def _add_generate(subparsers) -> None:

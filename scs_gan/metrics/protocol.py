@@ -19,11 +19,6 @@ class MetricSpec:
     num_fake: int
     num_real: int | None
 
-    @property
-    def group(self) -> tuple[int, int | None]:
-        """Metrics with the same images share one feature pass."""
-        return (self.num_fake, self.num_real)
-
 
 def parse_metric(name: str) -> MetricSpec:
     """``fid2k_full`` -> MetricSpec('fid2k_full', 'fid', 2000, None); errors name the expected form."""

