@@ -213,7 +213,8 @@ class Trainer:
             return None
         with self.accelerator.main_process_first():  # the main process converts and caches; others read
             state, source = resolve_fid_weights(m.fid_weights)
-        return Evaluator(self.dataset, state, source, self.accelerator.device, m.batch)
+        show = self.main and self.config.train.progress
+        return Evaluator(self.dataset, state, source, self.accelerator.device, m.batch, progress=show)
 
     def _resume(self, chosen: Path) -> Path:
         """Load the newest intact checkpoint up to ``chosen``, setting damaged ones aside; returns the one used."""
