@@ -1,1 +1,2 @@
-"""FID and KID with the standard TF-Inception features through torchmetrics, offline and distributed."""
+"""FID, KID, precision/recall, density/coverage and IS on the standard TF-Inception features, offline and
+distributed."""

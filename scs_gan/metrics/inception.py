@@ -1,9 +1,9 @@
 """Inception features exactly as torchmetrics computes them for FID/KID, fed to torchmetrics' metrics.
 
-One Inception pass serves both FID and KID: the metrics are torchmetrics' own ``FrechetInceptionDistance``
-and ``KernelInceptionDistance``, given an identity "feature extractor" so that ``update()`` takes the
-features computed here. Their states are sums (FID) and feature lists (KID) that torchmetrics reduces across
-processes in ``compute()``.
+One Inception pass serves FID, KID and the Inception Score: the metrics are torchmetrics' own
+``FrechetInceptionDistance``, ``KernelInceptionDistance`` and ``InceptionScore``, given an identity "feature
+extractor" so that ``update()`` takes the features (or, for IS, the logits) computed here. The states of FID
+and KID are sums and feature lists that torchmetrics reduces across processes in ``compute()``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
+from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
 
@@ -88,3 +89,14 @@ def make_kid(feature: int = 2048, subset_size: int = 1000, subsets: int = 100) -
         return KernelInceptionDistance(
             feature=PrecomputedFeatures(feature), subsets=subsets, subset_size=subset_size, reset_real_features=False
         )
+
+
+def make_inception_score(num_classes: int = 1008, splits: int = 10) -> InceptionScore:
+    """torchmetrics' Inception Score over ``num_classes``-way logits that ``update()`` is given, on one process.
+
+    ``compute()`` does not reduce across processes: feed it every logit (gathered) on every process, and seed
+    torch's CPU generator before it (it shuffles the images into ``splits`` groups).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        return InceptionScore(feature=PrecomputedFeatures(num_classes), splits=splits, sync_on_compute=False)
