@@ -195,13 +195,14 @@ def _run_metrics(args: argparse.Namespace) -> int:
     data = apply_overrides(_snapshot_data(generator), args.overrides, prefix="data")
     with state.main_process_first():
         dataset = build_dataset(data)
-        from .metrics.evaluate import Evaluator
+        from .metrics.evaluate import Evaluator, describe
         from .metrics.weights import resolve_fid_weights
 
         weights, source = resolve_fid_weights(
             args.fid_weights, warn=lambda message: state.print(f"warning: {message}", file=sys.stderr)
         )
-    evaluator = Evaluator(dataset, weights, source, device, args.batch)
+    evaluator = Evaluator(dataset, weights, source, device, args.batch, floors=True)
+    evaluator.check(names)
     results = evaluator.evaluate(
         generator,
         generator.z_dim,
@@ -209,6 +210,8 @@ def _run_metrics(args: argparse.Namespace) -> int:
         {"snapshot": str(args.snapshot), "kimg": generator.snapshot_info.extra.get("kimg")},
     )
     if state.is_main_process:
+        for record in results.values():
+            print(describe(record), file=sys.stderr)
         print(json.dumps({"snapshot": str(args.snapshot), "results": results}))
     return 0
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from .errors import UserError
 from .io import atomic_write_text
+from .metrics.evaluate import describe
 
 
 @dataclass
@@ -153,6 +154,12 @@ def _metric_plots(runs: list[RunData]) -> list[_Plot]:
             if xs:
                 ax.plot(xs, ys, marker="o", color=f"C{i}", label=run.name)
                 rows += [[run.name, x, y, r.get("std", "")] for x, y, r in zip(xs, ys, records, strict=True)]
+                second = next((k for k in ("recall", "coverage") if k in records[-1]), None)
+                if second:  # precision with recall, density with coverage
+                    ax.plot(xs, [r[second] for r in records], marker="s", ls="--", color=f"C{i}", label=second)
+                floor = (records[-1].get("floor") or {}).get("value")
+                if floor is not None:
+                    ax.axhline(floor, color=f"C{i}", ls=":", lw=1, label=f"{run.name} real-vs-real floor")
         ax.set_xlabel("kimg")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
@@ -216,7 +223,7 @@ def _summary_table(runs: list[RunData]) -> str:
     for run in runs:
         model = run.config.get("model", {})
         last = run.stats[-1] if run.stats else {}
-        metrics = ", ".join(f"{n} {recs[-1]['value']:.4g}" for n, recs in run.metrics.items() if recs)
+        metrics = ", ".join(describe(recs[-1]) for recs in run.metrics.values() if recs)
         d = run.dataset
         rows.append(
             [

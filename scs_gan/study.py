@@ -130,7 +130,12 @@ def _collect(run: Path, arm: ArmConfig, width: int, seed: int) -> dict[str, Any]
     metrics = {}
     for path in run.glob("metric-*.jsonl"):
         last = json.loads(path.read_text().splitlines()[-1])
-        metrics[last["metric"]] = {"value": last["value"], "std": last.get("std")}
+        metrics[last["metric"]] = {
+            "value": last["value"],
+            "std": last.get("std"),
+            **{k: last[k] for k in ("recall", "coverage") if k in last},
+            **({"floor": last["floor"]["value"]} if (last.get("floor") or {}).get("value") is not None else {}),
+        }
     rates = [s["images_per_s"] for s in stats[1:]] or [s["images_per_s"] for s in stats]
     last = stats[-1]
     layer_stats = {which: {k: round(v["mean"], 4) for k, v in last.get(which, {}).items()} for which in ("p", "q")}

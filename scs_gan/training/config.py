@@ -98,7 +98,7 @@ class MetricsConfig:
         batch: Inception batch size (0 = 8 on CPU, 128 on GPU).
     """
 
-    names: list[str] = field(default_factory=lambda: ["fid1k_1k", "kid1k_1k"])
+    names: list[str] = field(default_factory=lambda: ["fid1k_1k", "kid1k_1k", "pr1k_1k"])
     every_ticks: int = 0
     fid_weights: str | None = None
     batch: int = 0

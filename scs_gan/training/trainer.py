@@ -34,7 +34,7 @@ from ..errors import UserError
 from ..images import image_grid, save_image_grid
 from ..io import atomic_write, atomic_write_text
 from ..latents import latents_for_seeds
-from ..metrics.evaluate import Evaluator
+from ..metrics.evaluate import Evaluator, describe
 from ..metrics.weights import resolve_fid_weights
 from ..models import build_discriminator, build_generator, count_parameters
 from ..snapshot import save_snapshot
@@ -214,7 +214,9 @@ class Trainer:
         with self.accelerator.main_process_first():  # the main process converts and caches; others read
             state, source = resolve_fid_weights(m.fid_weights)
         show = self.main and self.config.train.progress
-        return Evaluator(self.dataset, state, source, self.accelerator.device, m.batch, progress=show)
+        evaluator = Evaluator(self.dataset, state, source, self.accelerator.device, m.batch, progress=show, floors=True)
+        evaluator.check(m.names)  # e.g. is<N> without logits weights: refused now, not after training
+        return evaluator
 
     def _resume(self, chosen: Path) -> Path:
         """Load the newest intact checkpoint up to ``chosen``, setting damaged ones aside; returns the one used."""
@@ -376,11 +378,15 @@ class Trainer:
         )
         if not self.main:
             return
-        self.trackers.log_metrics({n: r["value"] for n, r in results.items()}, p.cur_nimg)
+        values = {n: r["value"] for n, r in results.items()}
+        for name, record in results.items():
+            values.update({f"{name}_{k}": record[k] for k in ("recall", "coverage") if k in record})
+            if (record.get("floor") or {}).get("value") is not None:
+                values[f"{name}_floor"] = record["floor"]["value"]
+        self.trackers.log_metrics(values, p.cur_nimg)
         for name, record in results.items():
             append_jsonl(self.run_dir / f"metric-{name}.jsonl", record)
-            std = f" +- {record['std']:.5f}" if record.get("std") else ""
-            self.log(f"{name} {record['value']:.4f}{std} at kimg {kimg:.2f} ({record['seconds']:.0f} s)")
+            self.log(f"{describe(record)} at kimg {kimg:.2f} ({record['seconds']:.0f} s)")
         fids = [r for n, r in results.items() if n.startswith("fid")]
         if fids and snapshot.is_file() and (p.best_fid is None or fids[0]["value"] < p.best_fid):
             p.best_fid = fids[0]["value"]
