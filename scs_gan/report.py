@@ -168,6 +168,32 @@ def _metric_plots(runs: list[RunData]) -> list[_Plot]:
     return plots
 
 
+def _precision_recall_plot(runs: list[RunData]) -> _Plot | None:
+    """Precision against recall over training, one path per run and pr metric (the last point marked)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    rows = []
+    for i, run in enumerate(runs):
+        for name, records in sorted(run.metrics.items()):
+            points = [(r["recall"], r["precision"], r["kimg"]) for r in records if "recall" in r and "precision" in r]
+            if not points:
+                continue
+            ax.plot(
+                [p[0] for p in points], [p[1] for p in points], marker=".", color=f"C{i}", label=f"{run.name} {name}"
+            )
+            ax.plot(points[-1][0], points[-1][1], marker="*", markersize=12, color=f"C{i}")
+            rows += [[run.name, name, kimg, precision, recall] for recall, precision, kimg in points]
+    if not rows:
+        plt.close(fig)
+        return None
+    ax.set(xlabel="recall (real images the generator covers)", ylabel="precision (samples that look real)")
+    ax.set(xlim=(0, 1.02), ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _Plot("Precision against recall", _figure_png(fig), ["run", "metric", "kimg", "precision", "recall"], rows)
+
+
 def _layer_plots(runs: list[RunData], which: str) -> list[_Plot]:
     """One plot per run: every SCS layer's mean ``which`` (p or q) with its min-max band."""
     import matplotlib.pyplot as plt
@@ -268,6 +294,7 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None) -> P
     plots: list[_Plot | None] = [
         _line_plot(runs, "Losses", ["loss_D", "loss_G"], "loss"),
         *_metric_plots(runs),
+        _precision_recall_plot(runs),
         _line_plot(runs, "Training speed", ["images_per_s"], "images/s"),
         _line_plot(runs, "R1 penalty", ["r1"], "R1"),
         _line_plot(runs, "Augmentation: strength p and D's mean sign on reals", ["augment_p", "ada_rt"], "value"),

@@ -212,8 +212,14 @@ def two_runs(tmp_path_factory) -> list[Path]:
 
 def test_report_is_self_contained_and_overlays_runs(two_runs, tmp_path):
     # a metric file as training writes it, so the FID plot has something to draw
-    record = {"metric": "fid20_20", "value": 123.0, "kimg": 2.0}
+    floor = {"value": 45.5, "subset": "20 other reals"}
+    record = {"metric": "fid20_20", "value": 123.0, "kimg": 2.0, "floor": floor}
     (two_runs[0] / "metric-fid20_20.jsonl").write_text(json.dumps(record) + "\n")
+    pr = [
+        {"metric": "pr20_20", "value": p, "precision": p, "recall": r, "k": 3, "kimg": k}
+        for p, r, k in [(0.2, 0.1, 1.0), (0.6, 0.35, 2.0)]
+    ]
+    (two_runs[0] / "metric-pr20_20.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pr))
     out = tmp_path / "report.html"
     result = cli("report", *map(str, two_runs), "--out", str(out))
     assert result.returncode == 0, result.stderr
@@ -225,8 +231,12 @@ def test_report_is_self_contained_and_overlays_runs(two_runs, tmp_path):
         "p of every SCS layer",
         "q of every SCS layer",
         "Samples over time",
+        "Precision against recall",
+        "pr20_20 against kimg",
     ):
         assert title in page, title
+    assert "fid20_20 123.0000 (real-vs-real floor 45.5000)" in page  # the summary table says it with its floor
+    assert "pr20_20 precision 0.6000 recall 0.3500 (k=3)" in page
     assert two_runs[0].name in page and two_runs[1].name in page
     assert not re.search(r'(src|href)="(?!data:|#)', page)  # every image and link is inline
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
