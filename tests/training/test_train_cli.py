@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,10 +112,18 @@ def test_resume_honours_options_equal_to_their_defaults(tmp_path):
     assert refused.returncode == 2 and "train.g_lr cannot change when resuming" in refused.stderr
 
 
+@pytest.fixture(scope="module")
+def runs_3_and_2_kimg(tmp_path_factory) -> Path:
+    """A 3-kimg smoke run ("full") and a 2-kimg one ("cut"), trained once for the tests that damage copies."""
+    folder = tmp_path_factory.mktemp("reference")
+    assert train(folder, "train.kimg=3", runs="full").returncode == 0
+    assert train(folder, "train.kimg=2", runs="cut").returncode == 0
+    return folder
+
+
 @pytest.mark.parametrize("damage", ["truncated-weights", "crafted-rng-pickle"])
-def test_a_damaged_newest_checkpoint_resumes_bit_exactly_from_the_one_before(tmp_path, damage):
-    assert train(tmp_path, "train.kimg=3", runs="full").returncode == 0
-    assert train(tmp_path, "train.kimg=2", runs="cut").returncode == 0
+def test_a_damaged_newest_checkpoint_resumes_bit_exactly_from_the_one_before(tmp_path, damage, runs_3_and_2_kimg):
+    shutil.copytree(runs_3_and_2_kimg / "cut", tmp_path / "cut")
     run = only_run(tmp_path, "cut")
     previous, newest = sorted((run / "checkpoints").glob("checkpoint-*"))[-2:]
     assert newest.name == "checkpoint-000002000"
@@ -134,7 +143,7 @@ def test_a_damaged_newest_checkpoint_resumes_bit_exactly_from_the_one_before(tmp
     assert "checkpoint-000002000 is damaged" in result.stdout and "this must never run" not in result.stdout
     assert f"resumed from {previous}" in result.stdout
     assert (run / "checkpoints" / "checkpoint-000002000.damaged-1").is_dir()  # kept, never deleted
-    assert_bitwise_equal(final_state(only_run(tmp_path, "full")), final_state(run))
+    assert_bitwise_equal(final_state(only_run(runs_3_and_2_kimg, "full")), final_state(run))
 
 
 def test_a_second_process_on_the_same_run_is_refused(tmp_path):
