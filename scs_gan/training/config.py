@@ -36,7 +36,9 @@ class TrainConfig:
         augment: differentiable augmentation of every image D sees (reals and fakes, in the D and G steps
             and the reals of R1): any of ``translation``, ``cutout``, ``color`` (DiffAugment); empty = off.
         augment_p: the probability with which each policy is applied to each image: fixed when ada_target
-            is null (1 = classic DiffAugment), else ADA's starting strength.
+            is null (1 = classic DiffAugment), else ADA's starting strength. The default, DiffAugment
+            translation at p = 1, measured better than none, translation+cutout and ADA at the default run's
+            budget (three seeds: docs/RESULTS.md).
         ada_target, ada_interval, ada_kimg: ADA's adaptive strength: every ada_interval D steps the mean sign
             of D on reals is compared with ada_target and ``p`` moves up or down at a speed that would take it
             from 0 to 1 in ada_kimg thousand images (see scs_gan/training/augment.py).
@@ -64,9 +66,9 @@ class TrainConfig:
     loss: Literal["logistic", "hinge"] = "logistic"
     r1_gamma: float = 0.0
     r1_interval: int = 16
-    augment: list[Literal["translation", "cutout", "color"]] = field(default_factory=list)
-    augment_p: float = 0.0
-    ada_target: float | None = 0.6
+    augment: list[Literal["translation", "cutout", "color"]] = field(default_factory=lambda: ["translation"])
+    augment_p: float = 1.0
+    ada_target: float | None = None
     ada_interval: int = 4
     ada_kimg: float = 100.0
     ema_kimg: float = 5.0
