@@ -207,6 +207,7 @@ def test_adaptive_augmentation_resumes_bit_exactly(tmp_path):
     aug = [
         "train.augment=[translation,cutout]",
         "train.augment_p=0.2",
+        "train.ada_target=0.6",
         "train.ada_interval=2",
         "train.ada_kimg=5",
         "train.r1_gamma=1",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from scs_gan.training.config import RunConfig, given_keys, load_config, merge_fo
 from scs_gan.training.ema import ema_beta, update_ema
 from scs_gan.training.losses import d_loss, g_loss, r1_loss, r1_penalty
 from scs_gan.training.rundir import create_run_dir
-from scs_gan.training.trainer import Trainer, apply_step, param_groups
+from scs_gan.training.trainer import apply_step, param_groups
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -279,18 +281,29 @@ def test_a_skipped_fp16_step_backs_the_gradient_scale_off():
     assert not all(torch.equal(a, p) for a, p in zip(before, layer.parameters(), strict=True))
 
 
+EMA_UNDER_BF16 = """
+import sys, torch
+from scs_gan.latents import latents_for_seeds
+from scs_gan.models import build_generator
+from scs_gan.training import Trainer, load_config
+config = load_config(sys.argv[1], [f"train.runs_dir={sys.argv[2]}", "train.mixed_precision=bf16"])
+trainer = Trainer(config)
+assert "forward" not in vars(trainer.G_ema), "the EMA copy runs a patched (autocast) forward"
+z = latents_for_seeds(range(4), config.model.z_dim)
+plain = build_generator(config.model, 32, 1).eval()
+plain.load_state_dict(trainer.G_ema.state_dict())
+with torch.no_grad():
+    out = trainer.G_ema(z)
+    assert out.dtype == torch.float32 and torch.equal(out, plain(z)), "the EMA copy is not the float32 network"
+trainer.close()
+print("ok")
+"""
+
+
 def test_the_ema_generator_runs_in_float32_under_bf16_training(tmp_path):
     """The EMA copy is taken before Accelerate wraps G's forward in autocast, so training-time samples and
-    metrics see the same network that `scs-gan metrics` loads from the snapshot."""
-    config = load_config(CONFIGS / "smoke.yaml", [f"train.runs_dir={tmp_path}", "train.mixed_precision=bf16"])
-    trainer = Trainer(config)
-    try:
-        assert "forward" not in vars(trainer.G_ema)  # the class's own forward, not a patched one
-        z = latents_for_seeds(range(4), config.model.z_dim)
-        plain = build_generator(config.model, 32, 1).eval()
-        plain.load_state_dict(trainer.G_ema.state_dict())
-        with torch.no_grad():
-            out = trainer.G_ema(z)
-            assert out.dtype == torch.float32 and torch.equal(out, plain(z))
-    finally:
-        trainer.close()
+    metrics see the same network that `scs-gan metrics` loads from the snapshot. (A fresh process: Accelerate
+    allows one mixed-precision setting per process.)"""
+    cmd = [sys.executable, "-c", EMA_UNDER_BF16, str(CONFIGS / "smoke.yaml"), str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
