@@ -101,6 +101,21 @@ def truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
     atomic_write(path, lambda tmp: tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8"))
 
 
+def keep_previous(path: Path) -> Path | None:
+    """Rename an existing ``path`` to ``<name>.replaced-<n>`` so that a new save never overwrites it.
+
+    A run saves at the same image count twice only after resuming from an older checkpoint; the earlier
+    file is kept beside the new one. Returns the new name of the old file, or None if there was none.
+    """
+    if not path.exists():
+        return None
+    n = 1
+    while (kept := path.with_name(f"{path.name}.replaced-{n}")).exists():
+        n += 1
+    path.rename(kept)
+    return kept
+
+
 class RunLock:
     """An exclusive lock on a run directory for as long as a training process works in it.
 

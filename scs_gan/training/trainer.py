@@ -53,7 +53,7 @@ from .checkpoint import (
 from .config import RunConfig, changed_options, load_run_config, merge_for_resume
 from .ema import ema_beta, update_ema
 from .losses import d_loss, g_loss, r1_loss
-from .rundir import RunLock, RunLog, append_jsonl, create_run_dir, truncate_jsonl
+from .rundir import RunLock, RunLog, append_jsonl, create_run_dir, keep_previous, truncate_jsonl
 from .signals import StopSignals
 from .stats import layer_stats, peak_memory_mb
 
@@ -355,7 +355,9 @@ class Trainer:
             return
         with torch.no_grad():
             images = torch.cat([self.G_ema(z) for z in self.grid_latents.split(64)])
-        save_image_grid(images, self.run_dir / f"fakes{nimg_label(self.progress.cur_nimg)}.png")
+        path = self.run_dir / f"fakes{nimg_label(self.progress.cur_nimg)}.png"
+        keep_previous(path)
+        save_image_grid(images, path)
         self.trackers.log_grid("fakes", image_grid(images), self.progress.cur_nimg)
 
     def _snapshot_path(self) -> Path:
@@ -364,6 +366,7 @@ class Trainer:
     def _save_snapshot(self) -> None:
         if self.main:
             extra = {"kimg": self.progress.cur_nimg / 1000, "dataset": self.dataset.summary()}
+            keep_previous(self._snapshot_path())
             save_snapshot(self.G_ema, self._snapshot_path(), to_dict(self.config), extra)
 
     def evaluate_metrics(self) -> None:

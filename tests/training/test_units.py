@@ -20,7 +20,7 @@ from scs_gan.training.checkpoint import resolve_resume
 from scs_gan.training.config import RunConfig, given_keys, load_config, merge_for_resume
 from scs_gan.training.ema import ema_beta, update_ema
 from scs_gan.training.losses import d_loss, g_loss, r1_loss, r1_penalty
-from scs_gan.training.rundir import create_run_dir
+from scs_gan.training.rundir import create_run_dir, keep_previous
 from scs_gan.training.trainer import apply_step, param_groups
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -307,3 +307,14 @@ def test_the_ema_generator_runs_in_float32_under_bf16_training(tmp_path):
     cmd = [sys.executable, "-c", EMA_UNDER_BF16, str(CONFIGS / "smoke.yaml"), str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+def test_a_save_at_an_image_count_already_saved_keeps_the_earlier_file(tmp_path):
+    path = tmp_path / "network-snapshot-000001024.safetensors"
+    assert keep_previous(path) is None
+    path.write_text("first")
+    assert keep_previous(path) == tmp_path / "network-snapshot-000001024.safetensors.replaced-1"
+    path.write_text("second")
+    assert keep_previous(path).name.endswith(".replaced-2")
+    assert not path.exists()
+    assert sorted(p.read_text() for p in tmp_path.iterdir()) == ["first", "second"]
