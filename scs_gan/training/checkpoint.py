@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..errors import UserError
-from .rundir import find_run_dirs
+from .rundir import find_run_dirs, keep_previous
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d{9})$")
 
@@ -108,20 +108,6 @@ def verify_checkpoint(checkpoint: Path, num_processes: int) -> str | None:
     return None
 
 
-def _unused_name(path: Path, label: str) -> Path:
-    n = 1
-    while (candidate := path.with_name(f"{path.name}.{label}-{n}")).exists():
-        n += 1
-    return candidate
-
-
-def set_aside(checkpoint: Path, label: str) -> Path:
-    """Rename ``checkpoint`` so that it is neither resumed from nor pruned, keeping its files; returns the new path."""
-    target = _unused_name(checkpoint, label)
-    checkpoint.rename(target)
-    return target
-
-
 def save_checkpoint(accelerator: Accelerator, run_dir: Path, ema: nn.Module, progress: Progress, keep: int) -> Path:
     """Save the full training state (collective: every process must call it); appears atomically when complete."""
     folder = run_dir / "checkpoints"
@@ -141,8 +127,7 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, ema: nn.Module, pro
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if accelerator.is_main_process:
-        if final.exists():  # the same image count saved again (resumed from an older checkpoint): keep the old one
-            final.rename(_unused_name(final, "replaced"))
+        keep_previous(final)  # the same image count saved again (resumed from an older checkpoint)
         tmp.rename(final)
         prune_checkpoints(run_dir, keep)
     accelerator.wait_for_everyone()

@@ -101,16 +101,17 @@ def truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
     atomic_write(path, lambda tmp: tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8"))
 
 
-def keep_previous(path: Path) -> Path | None:
-    """Rename an existing ``path`` to ``<name>.replaced-<n>`` so that a new save never overwrites it.
+def keep_previous(path: Path, label: str = "replaced") -> Path | None:
+    """Rename an existing ``path`` (file or folder) to ``<name>.<label>-<n>`` so that nothing overwrites it.
 
     A run saves at the same image count twice only after resuming from an older checkpoint; the earlier
-    file is kept beside the new one. Returns the new name of the old file, or None if there was none.
+    file is kept beside the new one (damaged checkpoints are kept the same way, as ``.damaged-<n>``).
+    Returns the new name of the old one, or None if there was none.
     """
     if not path.exists():
         return None
     n = 1
-    while (kept := path.with_name(f"{path.name}.replaced-{n}")).exists():
+    while (kept := path.with_name(f"{path.name}.{label}-{n}")).exists():
         n += 1
     path.rename(kept)
     return kept

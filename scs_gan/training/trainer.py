@@ -47,7 +47,6 @@ from .checkpoint import (
     replicas_identical,
     resolve_resume,
     save_checkpoint,
-    set_aside,
     verify_checkpoint,
 )
 from .config import RunConfig, changed_options, load_run_config, merge_for_resume
@@ -234,7 +233,7 @@ class Trainer:
         acc.wait_for_everyone()  # every process has verified before any folder is renamed
         for bad, problem in damaged:
             if self.main:
-                kept = set_aside(bad, "damaged")
+                kept = keep_previous(bad, "damaged")
                 self.log(
                     f"checkpoint {bad.name} is damaged ({problem}); kept as {kept.name}, resuming from an older one"
                 )
