@@ -7,7 +7,8 @@
 # Steps (each one's output is kept in DIR/<step>.txt; a failing step is recorded and the others still run):
 #   cuda-tests    the tests that need a CUDA device (autocast numerics, augmentation on the GPU)
 #   bench-*       `scs-gan bench` in bf16 and fp16, eager and compiled (layer time ratios vs torch layers)
-#   train-bench-* `scs-gan bench train` in bf16 and fp32 (SCS-GAN / DCGAN step ratio)
+#   train-bench-* `scs-gan bench train` in bf16 and fp32 (SCS-GAN / DCGAN step ratio), and in bf16 with every
+#                 kind also compiled (train.compile), side by side
 #   train         the default config on synthetic data for N seconds (default 120), stopped by SIGINT
 # then DIR/summary.md (scripts/gpu_summary.py). --quick makes every step tiny and skips compilation, to check
 # the plumbing on any machine; --device cpu runs the steps on the CPU (only sensible with --quick).
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
         --train-seconds) [ $# -ge 2 ] || usage; train_seconds=$2; shift 2 ;;
         --quick) quick=1; shift ;;
         --device) [ $# -ge 2 ] || usage; device=$2; shift 2 ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "$0: unknown argument '$1'" >&2; usage ;;
     esac
 done
@@ -90,6 +91,9 @@ done
 if [ "$device" = cpu ]; then export ACCELERATE_USE_CPU=true; fi
 run train-bench-bf16 "$python" -m scs_gan bench train --autocast bf16 "${train_bench[@]}"
 run train-bench-fp32 "$python" -m scs_gan bench train "${train_bench[@]}"
+if [ ${#compiled[@]} -gt 0 ]; then
+    run train-bench-bf16-compiled "$python" -m scs_gan bench train --autocast bf16 "${train_bench[@]}" "${compiled[@]}"
+fi
 [ "$quick" = 1 ] && train_seconds=$((train_seconds < 15 ? train_seconds : 15))
 run train timeout -s INT "$train_seconds" "$python" -m scs_gan train data.name=synthetic metrics.names=[] \
     train.progress=false train.kimg=100000 "train.runs_dir=$out/runs"

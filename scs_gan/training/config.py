@@ -44,6 +44,11 @@ class TrainConfig:
             from 0 to 1 in ada_kimg thousand images (see scs_gan/training/augment.py).
         ema_kimg, ema_rampup: half-life of the generator EMA in kimg, and its ramp-up (null = none).
         mixed_precision: ``no``, ``bf16`` or ``fp16``.
+        compile: run G's forward, and D's forward with the loss, through ``torch.compile`` in the training
+            steps (the augmentation, D's forward on R1 steps and the EMA generator stay eager); the first steps
+            are slow while it compiles. The same maths, rounded differently, so it may change on resume.
+        compile_backend: the ``torch.compile`` backend (``inductor``; ``aot_eager`` traces without generating
+            code, for checking).
         seed: seeds models, data order and latents (per process).
         tick_kimg: progress/statistics interval; snapshot_ticks: sample grid + G_ema snapshot interval;
             checkpoint_ticks: resumable checkpoint interval; keep_checkpoints: how many to keep.
@@ -74,6 +79,8 @@ class TrainConfig:
     ema_kimg: float = 5.0
     ema_rampup: float | None = 0.05
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    compile: bool = False
+    compile_backend: str = "inductor"
     seed: int = 0
     tick_kimg: float = 4.0
     snapshot_ticks: int = 5
@@ -141,6 +148,8 @@ class RunConfig:
             raise UserError("train.ada_interval must be at least 1 and train.ada_kimg positive")
         if t.ema_kimg < 0 or (t.ema_rampup is not None and not t.ema_rampup > 0):
             raise UserError("train.ema_kimg must be >= 0 and train.ema_rampup positive (or null for none)")
+        if t.compile_backend != "inductor":  # importing the compiler takes a second; inductor is always there
+            _check_compile_backend(t.compile_backend)
         if t.seed < 0:
             raise UserError(f"train.seed must be >= 0, got {t.seed}")
         if min(t.snapshot_ticks, t.checkpoint_ticks, t.keep_checkpoints, t.nan_patience, t.grid_seeds) < 1:
@@ -155,6 +164,20 @@ class RunConfig:
         g, d = self.model.g.kind, self.model.d.kind
         nets = g if g == d else f"{d}D-{g}G"
         return f"{self.data.name}{self.data.resolution}-{nets}"
+
+
+def _check_compile_backend(name: str) -> None:
+    """Refuse a ``train.compile_backend`` that torch.compile does not know."""
+    import difflib
+
+    import torch._dynamo
+
+    if name in torch._dynamo.list_backends(exclude_tags=()):
+        return
+    shown = sorted({"inductor", "eager", "aot_eager", *torch._dynamo.list_backends()})
+    close = difflib.get_close_matches(name, shown, n=1)
+    hint = f"; did you mean {close[0]!r}" if close else ""
+    raise UserError(f"train.compile_backend {name!r} is not a torch.compile backend (try: {', '.join(shown)}){hint}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -177,7 +200,8 @@ def given_keys(path: str | Path | None, overrides: list[str] | None) -> set[str]
 
 
 # Options that may change when a run is resumed: they do not change the training maths (``runs_dir`` only
-# says where ``--resume latest`` looks; the run keeps its directory).
+# says where ``--resume latest`` looks; the run keeps its directory; ``compile`` and ``compile_backend`` run
+# the same operations through the compiler, which may round differently).
 RESUMABLE_TRAIN_KEYS = frozenset(
     {
         "kimg",
@@ -189,6 +213,8 @@ RESUMABLE_TRAIN_KEYS = frozenset(
         "nan_patience",
         "runs_dir",
         "desc",
+        "compile",
+        "compile_backend",
     }
 )
 
@@ -198,8 +224,8 @@ def merge_for_resume(saved: RunConfig, given: RunConfig, keys: Iterable[str] | N
 
     ``keys`` are the dotted keys the user gave (see :func:`given_keys`); each is taken from ``given`` whatever
     its value, and one that would change the training maths (anything but the length, the intervals, the
-    progress bar and the metrics) is refused with a UserError. ``keys=None`` means every key whose value in
-    ``given`` differs from the saved one.
+    progress bar, compilation and the metrics) is refused with a UserError. ``keys=None`` means every key
+    whose value in ``given`` differs from the saved one.
     """
     saved_flat, given_flat = flatten(to_dict(saved)), flatten(to_dict(given))
     if keys is None:

@@ -18,6 +18,8 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +122,18 @@ def _loss_scale(accelerator: Accelerator) -> float:
     return accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0
 
 
+@dataclass
+class CompiledSteps:
+    """The ``torch.compile`` forms of the training steps' pieces (``train.compile``), sharing G's and D's
+    parameters: ``generate(z)`` is G's forward; ``d_losses(reals, fakes)`` D's forward on both (already
+    augmented) with the D loss, returning the loss and the real logits; ``g_loss(fakes)`` D's forward on the
+    augmented fakes with the G loss."""
+
+    generate: Callable[[Tensor], Tensor]
+    d_losses: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+    g_loss: Callable[[Tensor], Tensor]
+
+
 class Trainer:
     """Holds the state of one run; ``run()`` trains until ``train.kimg`` or until stopped.
 
@@ -184,6 +198,7 @@ class Trainer:
             pin_memory=acc.device.type == "cuda",
         )
         self.progress = Progress()
+        self.compiled: CompiledSteps | None = None  # built on first use when train.compile is on
         self.strength = AdaptiveStrength(t.augment_p, t.ada_target, t.ada_interval, t.ada_kimg) if t.augment else None
         self.grid_latents = latents_for_seeds(range(t.grid_seeds), config.model.z_dim, acc.device)
         self.evaluator = self._make_evaluator()
@@ -262,6 +277,35 @@ class Trainer:
             return images
         return augment(images, self.config.train.augment, self.strength.p)
 
+    def _d_losses(self, reals: Tensor, fakes: Tensor) -> tuple[Tensor, Tensor]:
+        """D's loss on augmented reals and fakes, and its logits on the reals (for ADA's sign statistics)."""
+        real_logits = self.D(reals)
+        return d_loss(self.config.train.loss, real_logits, self.D(fakes)), real_logits
+
+    def _g_loss(self, fakes: Tensor) -> Tensor:
+        """G's loss on augmented fakes."""
+        return g_loss(self.config.train.loss, self.D(fakes))
+
+    def _compiled_steps(self) -> CompiledSteps | None:
+        """The compiled step pieces when ``train.compile`` is on (created on first use), else None.
+
+        The augmentation stays outside (eager), so a compiled run draws the same random numbers as an eager
+        one. ``dynamic=False``: the batch per process never changes, so each piece compiles once per grad
+        mode (G runs without gradients in the D step).
+        """
+        t = self.config.train
+        if not t.compile:
+            return None
+        if self.compiled is None:
+            self.log(f"compiling G and D with torch.compile (backend {t.compile_backend}): the first steps are slow")
+            options: dict[str, Any] = {"backend": t.compile_backend, "dynamic": False}
+            self.compiled = CompiledSteps(
+                generate=torch.compile(self.G, **options),
+                d_losses=torch.compile(self._d_losses, **options),
+                g_loss=torch.compile(self._g_loss, **options),
+            )
+        return self.compiled
+
     def _reduce_signs(self, signs_sum: float, count: int) -> tuple[float, int]:
         total = torch.tensor([signs_sum, count], dtype=torch.float64, device=self.accelerator.device)
         total = self.accelerator.reduce(total, reduction="sum")
@@ -269,16 +313,21 @@ class Trainer:
 
     def _d_step(self, reals: list[Tensor], do_r1: bool) -> tuple[float, float | None, bool]:
         acc, t = self.accelerator, self.config.train
+        compiled = self._compiled_steps()
+        generate = self.G if compiled is None else compiled.generate
+        # the R1 penalty is a gradient through D (create_graph) that backward differentiates again, which
+        # AOTAutograd-compiled graphs do not support: R1 steps run D eagerly
+        d_losses = self._d_losses if compiled is None or do_r1 else compiled.d_losses
         total, r1_total = 0.0, 0.0
         for i, real in enumerate(reals):
             sync = contextlib.nullcontext() if i == len(reals) - 1 else acc.no_sync(self.D)
             with sync:
                 with torch.no_grad():
-                    fake = self.G(self._z())
+                    fake = generate(self._z())
                 if do_r1:
                     real = real.detach().requires_grad_(True)
-                real_logits = self.D(self._augment(real))  # R1 differentiates through the augmentation
-                loss = d_loss(t.loss, real_logits, self.D(self._augment(fake.detach())))
+                # R1 differentiates through the augmentation; reals are augmented first, then fakes
+                loss, real_logits = d_losses(self._augment(real), self._augment(fake.detach()))
                 if self.strength is not None:
                     self.strength.accumulate(real_logits.detach().sign().sum().item(), real_logits.numel())
                 if do_r1:
@@ -290,14 +339,16 @@ class Trainer:
         return total, (r1_total if do_r1 else None), math.isfinite(total)
 
     def _g_step(self) -> tuple[float, bool]:
-        acc, t = self.accelerator, self.config.train
+        acc = self.accelerator
+        compiled = self._compiled_steps()
+        generate, loss_of = (self.G, self._g_loss) if compiled is None else (compiled.generate, compiled.g_loss)
         total = 0.0
         self.D.requires_grad_(False)
         try:
             for i in range(self.accum):
                 sync = contextlib.nullcontext() if i == self.accum - 1 else acc.no_sync(self.G)
                 with sync, acc.no_sync(self.D):
-                    loss = g_loss(t.loss, self.D(self._augment(self.G(self._z()))))
+                    loss = loss_of(self._augment(generate(self._z())))
                     acc.backward(loss / self.accum)
                     total += loss.item() / self.accum
         finally:
@@ -551,7 +602,7 @@ class Trainer:
     def close(self) -> None:
         """Free the prepared objects before ending (avoids gloo aborting at exit), end the trackers, unlock."""
         self.log.close()
-        for name in ("G", "D", "opt_G", "opt_D", "G_ema", "loader"):
+        for name in ("compiled", "G", "D", "opt_G", "opt_D", "G_ema", "loader"):
             if hasattr(self, name):
                 delattr(self, name)
         self.accelerator.free_memory()
