@@ -32,7 +32,11 @@ def _add_bench(subparsers) -> None:
     p.add_argument("--repeats", type=int, default=20, help="timed rounds per case, after warm-up (default 20)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--autocast", choices=["none", "bf16", "fp16"], default="none", help="mixed precision")
-    p.add_argument("--compile", action="store_true", help="torch.compile every layer (torch and SCS alike)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile every layer (torch and SCS alike); with 'train': also time each kind with train.compile",
+    )
     p.add_argument("--only", metavar="TEXT", help="run only the cases whose name contains TEXT, e.g. 'D 32'")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument(
@@ -67,7 +71,9 @@ def _run_bench(args: argparse.Namespace) -> int:
         from .training import bench as train_bench
 
         precision = [] if args.autocast == "none" else [f"train.mixed_precision={args.autocast}"]
-        for line in train_bench.run([f"train.batch={args.batch}", *precision], steps=args.repeats):
+        for line in train_bench.run(
+            [f"train.batch={args.batch}", *precision], steps=args.repeats, compile=args.compile
+        ):
             print(line, flush=True)
         return 0
     return bench.main(
