@@ -87,20 +87,25 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _all_true(accelerator: Accelerator, flags: list[bool]) -> list[bool]:
-    """Logical AND of each flag over all processes (every process must call this)."""
-    if accelerator.num_processes == 1:
-        return flags
-    local = torch.tensor([1.0 if f else 0.0 for f in flags], device=accelerator.device)
-    gathered = accelerator.gather(local.unsqueeze(0))
-    return [bool(v) for v in gathered.min(dim=0).values.tolist()]
+def _read_phase(
+    accelerator: Accelerator, values: list[Tensor], flags: list[Tensor | bool]
+) -> tuple[list[float], list[bool]]:
+    """The one host read of a training phase: local ``values`` as floats, and ``flags`` ANDed over all
+    processes (every process must call this). Everything before it stays queued on the device."""
+    device = accelerator.device
+    local = torch.stack([torch.as_tensor(f).to(device=device, dtype=torch.float32) for f in flags])
+    if accelerator.num_processes > 1:
+        local = accelerator.gather(local.unsqueeze(0)).min(dim=0).values
+    host = torch.cat([torch.stack([v.to(device=device, dtype=torch.float32) for v in values]), local]).tolist()
+    return host[: len(values)], [v > 0.5 for v in host[len(values) :]]
 
 
-def _grads_finite(module: nn.Module) -> bool:
+def _grads_finite(module: nn.Module) -> Tensor:
+    """Whether every gradient of ``module`` is finite, as a device scalar (no host synchronisation)."""
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     if not grads:
-        return True
-    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        return torch.ones((), dtype=torch.bool)
+    return torch.stack([torch.isfinite(g).all() for g in grads]).all()
 
 
 def apply_step(optimizer: torch.optim.Optimizer, ok: bool, scaler: torch.amp.GradScaler | None) -> None:
@@ -311,14 +316,16 @@ class Trainer:
         total = self.accelerator.reduce(total, reduction="sum")
         return total[0].item(), int(total[1].item())
 
-    def _d_step(self, reals: list[Tensor], do_r1: bool) -> tuple[float, float | None, bool]:
+    def _d_step(self, reals: list[Tensor], do_r1: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """D's gradients over the micro-batches; returns the mean loss, the mean R1 penalty (0 without R1) and
+        the sum of sign(D(augmented reals)), all as device scalars (read once, in :meth:`step`)."""
         acc, t = self.accelerator, self.config.train
         compiled = self._compiled_steps()
         generate = self.G if compiled is None else compiled.generate
         # the R1 penalty is a gradient through D (create_graph) that backward differentiates again, which
         # AOTAutograd-compiled graphs do not support: R1 steps run D eagerly
         d_losses = self._d_losses if compiled is None or do_r1 else compiled.d_losses
-        total, r1_total = 0.0, 0.0
+        losses, penalties, signs = [], [], []
         for i, real in enumerate(reals):
             sync = contextlib.nullcontext() if i == len(reals) - 1 else acc.no_sync(self.D)
             with sync:
@@ -328,21 +335,22 @@ class Trainer:
                     real = real.detach().requires_grad_(True)
                 # R1 differentiates through the augmentation; reals are augmented first, then fakes
                 loss, real_logits = d_losses(self._augment(real), self._augment(fake.detach()))
-                if self.strength is not None:
-                    self.strength.accumulate(real_logits.detach().sign().sum().item(), real_logits.numel())
+                signs.append(real_logits.detach().sign().sum())
                 if do_r1:
                     weighted, penalty = r1_loss(real_logits, real, t.r1_gamma, t.r1_interval, _loss_scale(acc))
                     loss = loss + weighted
-                    r1_total += penalty.item() / len(reals)
+                    penalties.append(penalty.detach())
                 acc.backward(loss / len(reals))
-                total += loss.item() / len(reals)
-        return total, (r1_total if do_r1 else None), math.isfinite(total)
+                losses.append(loss.detach())
+        penalty = torch.stack(penalties).mean() if penalties else torch.zeros((), device=acc.device)
+        return torch.stack(losses).mean(), penalty, torch.stack(signs).sum()
 
-    def _g_step(self) -> tuple[float, bool]:
+    def _g_step(self) -> Tensor:
+        """G's gradients over the micro-batches; returns the mean loss as a device scalar."""
         acc = self.accelerator
         compiled = self._compiled_steps()
         generate, loss_of = (self.G, self._g_loss) if compiled is None else (compiled.generate, compiled.g_loss)
-        total = 0.0
+        losses = []
         self.D.requires_grad_(False)
         try:
             for i in range(self.accum):
@@ -350,10 +358,10 @@ class Trainer:
                 with sync, acc.no_sync(self.D):
                     loss = loss_of(self._augment(generate(self._z())))
                     acc.backward(loss / self.accum)
-                    total += loss.item() / self.accum
+                    losses.append(loss.detach())
         finally:
             self.D.requires_grad_(True)
-        return total, math.isfinite(total)
+        return torch.stack(losses).mean()
 
     def _sync_buffers(self) -> None:
         """Average the floating-point buffers (batch-norm statistics) of G and D over processes."""
@@ -368,17 +376,24 @@ class Trainer:
         """One D update and one G update; returns the losses and whether any process was asked to stop."""
         t, p = self.config.train, self.progress
         do_r1 = t.r1_gamma > 0 and p.step % t.r1_interval == 0
-        loss_d, r1, ok_d = self._d_step(self._micro_batches(), do_r1)
         check_grads = t.mixed_precision != "fp16"  # under fp16 the gradient scaler skips inf steps itself
-        ok_d = ok_d and (not check_grads or _grads_finite(self.D))
-        ok_d, no_signal = _all_true(self.accelerator, [ok_d, self.stop.received is None])
+        yes = torch.ones((), dtype=torch.bool)
+        # each phase reads the device once (losses, the augmentation statistic, finiteness, the stop signal)
+        loss_d, r1, signs = self._d_step(self._micro_batches(), do_r1)
+        (loss_d, r1, signs), (ok_d, no_signal) = _read_phase(
+            self.accelerator,
+            [loss_d, r1, signs],
+            [torch.isfinite(loss_d) & (_grads_finite(self.D) if check_grads else yes), self.stop.received is None],
+        )
         apply_step(self.opt_D, ok_d, self.accelerator.scaler)
         if self.strength is not None:
+            self.strength.accumulate(signs, self.batch_gpu * self.accum)
             self.strength.step(t.batch, self._reduce_signs if self.accelerator.num_processes > 1 else None)
             p.augment = self.strength.state_dict()
-        loss_g, ok_g = self._g_step()
-        ok_g = ok_g and (not check_grads or _grads_finite(self.G))
-        (ok_g,) = _all_true(self.accelerator, [ok_g])
+        loss_g = self._g_step()
+        (loss_g,), (ok_g,) = _read_phase(
+            self.accelerator, [loss_g], [torch.isfinite(loss_g) & (_grads_finite(self.G) if check_grads else yes)]
+        )
         apply_step(self.opt_G, ok_g, self.accelerator.scaler)
         self._sync_buffers()
         p.cur_nimg += t.batch
@@ -391,7 +406,7 @@ class Trainer:
             p.nan_skips += 1
             p.consecutive_bad += 1
         p.loader = self.loader.state_dict()
-        return {"loss_D": loss_d, "loss_G": loss_g, "r1": r1}, not no_signal
+        return {"loss_D": loss_d, "loss_G": loss_g, "r1": r1 if do_r1 else None}, not no_signal
 
     # ---------------------------------------------------------------------------------- ticks & outputs
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import scs_gan
 from scs_gan.config import dump_yaml, from_dict, load_yaml, to_dict
 from scs_gan.errors import UserError
 from scs_gan.images import image_grid
@@ -22,6 +24,8 @@ from scs_gan.training.ema import ema_beta, update_ema
 from scs_gan.training.losses import d_loss, g_loss, r1_loss, r1_penalty
 from scs_gan.training.rundir import create_run_dir, keep_previous
 from scs_gan.training.trainer import apply_step, param_groups
+
+REPO = Path(__file__).resolve().parents[2]
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -318,3 +322,48 @@ def test_a_save_at_an_image_count_already_saved_keeps_the_earlier_file(tmp_path)
     assert keep_previous(path).name.endswith(".replaced-2")
     assert not path.exists()
     assert sorted(p.read_text() for p in tmp_path.iterdir()) == ["first", "second"]
+
+
+def test_a_training_step_reads_the_device_once_per_phase(tmp_path, monkeypatch):
+    """Losses, the augmentation statistic, gradient finiteness and the stop signal of each phase come back in
+    one read (a synchronisation on a GPU): two reads per step, none elsewhere in the trainer, with R1 and
+    adaptive augmentation on."""
+    from scs_gan.training import Trainer
+
+    config = load_config(
+        REPO / "configs" / "smoke.yaml",
+        [
+            f"train.runs_dir={tmp_path}",
+            "train.batch=8",
+            "train.r1_gamma=1",
+            "train.r1_interval=1",
+            "train.ada_target=0.6",
+            "train.augment_p=0.5",
+            "metrics.names=[]",
+        ],
+    )
+    trainer = Trainer(config)
+    trainer.log.stream = None
+    reads: list[str] = []
+    package = str(Path(scs_gan.__file__).parent)
+
+    def counting(name):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith(package):
+                reads.append(f"{name} in {Path(caller).name}")
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    try:
+        losses, _ = trainer.step()
+        assert reads == ["tolist in trainer.py", "tolist in trainer.py"]
+        assert all(math.isfinite(losses[k]) for k in ("loss_D", "loss_G", "r1"))
+    finally:
+        monkeypatch.undo()
+        trainer.close()
