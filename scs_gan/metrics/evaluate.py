@@ -416,8 +416,10 @@ class Evaluator:
                     my_fakes = fakes[: len(shard_indices(spec.num_fake, rank, world))]
                     value, std = self._compute(spec, my_reals, my_fakes, len(real))
                     record["value"] = value
+                    if spec.kind == "kid":
+                        record["subset_size"] = min(1000, spec.num_fake, len(real))
                     if std is not None:
-                        record.update(std=std, subset_size=min(1000, spec.num_fake, len(real)))
+                        record["std"] = std
                 else:
                     record.update(self._knn_metric(spec, real, gathered[: spec.num_fake]))
                 if spec.name in floors:
@@ -467,10 +469,12 @@ class Evaluator:
             for chunk in my_fakes.split(256):
                 metric.update(chunk.to(device), real=False)
             return float(metric.compute()), None
-        metric = make_kid(FEATURE, subset_size=min(1000, spec.num_fake, num_real)).to(device)
+        subset = min(1000, spec.num_fake, num_real)
+        metric = make_kid(FEATURE, subset_size=subset).to(device)
         metric.update(my_reals.to(device), real=True)
         metric.update(my_fakes.to(device), real=False)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(0)  # the same subsets on every process and every run
             mean, std = metric.compute()
-        return float(mean), float(std)
+        # subsets as large as both sets are both sets, every time: their spread is rounding, not a spread
+        return float(mean), (float(std) if subset < max(spec.num_fake, num_real) else None)

@@ -20,7 +20,7 @@ from scs_gan.data import DataConfig, build_dataset, to_float
 from scs_gan.errors import UserError
 from scs_gan.images import to_uint8
 from scs_gan.metrics import weights as W
-from scs_gan.metrics.evaluate import Evaluator
+from scs_gan.metrics.evaluate import Evaluator, describe
 from scs_gan.metrics.inception import make_fid
 from scs_gan.metrics.protocol import parse_metric
 from scs_gan.models import ModelConfig, build_generator
@@ -98,7 +98,8 @@ def test_evaluate_records_say_how_they_were_computed(evaluator):
     generator = build_generator(model, 32, 1)
     results = evaluator.evaluate(generator, model.z_dim, ["fid50_50", "kid50_50"], {"kimg": 1.0})
     fid, kid = results["fid50_50"], results["kid50_50"]
-    assert fid["value"] > 50 and kid["value"] > 0 and "std" in kid
+    assert fid["value"] > 50 and kid["value"] > 0 and kid["subset_size"] == 50
+    assert "std" not in kid and "+-" not in describe(kid)  # every 50-image subset of 50 images is the same set
     assert fid["num_fake"] == 50 and fid["num_real"] == 50 and fid["feature"] == 2048
     assert fid["dataset"] == evaluator.dataset.fingerprint and "torchmetrics" in fid["implementation"]
     assert "antialias=False" in fid["implementation"] and fid["kimg"] == 1.0
@@ -181,3 +182,16 @@ def test_restricted_reader_refuses_code_in_a_torchscript_archive(tmp_path):
         z.writestr("m/data.pkl", buffer.getvalue())
     with pytest.raises(pickle.UnpicklingError, match=r"refusing (posix|os)\.system"):
         W.read_torchscript_tensors(archive)
+
+
+def test_kid_reports_a_spread_only_where_its_subsets_differ():
+    """kid<N>_<M> draws subsets of min(1000, N, M) from each set: smaller than one of the sets, they differ
+    and their spread means something; as large as both, every subset is both sets and the spread is
+    rounding, so the record leaves it out."""
+    generator = torch.Generator().manual_seed(0)
+    reals, fakes = torch.randn(40, 2048, generator=generator), 1.2 * torch.randn(40, 2048, generator=generator)
+    host = Evaluator.__new__(Evaluator)
+    host.device = torch.device("cpu")
+    _, std_same = host._compute(parse_metric("kid20_20"), reals[:20], fakes[:20], 20)
+    _, std_more = host._compute(parse_metric("kid20_40"), reals, fakes[:20], 40)
+    assert std_same is None and std_more is not None and std_more > 1e-6
