@@ -49,7 +49,7 @@ class StudyConfig:
     overrides: list[str] = field(default_factory=list)
 
 
-QUICK = {"widths": [4], "seeds": [0], "kimg": 0.25, "metrics": ["fid16_16", "kid16_16"]}
+QUICK = {"widths": [4], "seeds": [0], "kimg": 0.25, "metrics": ["fid16_16", "kid16_16", "pr16_16"]}
 
 
 def load_study(path: str | Path, quick: bool = False) -> StudyConfig:
@@ -181,18 +181,40 @@ def _summary(records: list[dict[str, Any]], metrics: list[str]) -> list[dict[str
             row[name] = statistics.mean(values) if values else math.nan
             row[f"{name}_spread"] = (max(values) - min(values)) / 2 if len(values) > 1 else math.nan
             row[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else math.nan
+            for extra in ("floor", "recall"):
+                found = [r["metrics"][name][extra] for r in group if extra in r["metrics"].get(name, {})]
+                if found:
+                    row[f"{name}_{extra}"] = statistics.mean(found)
         rows.append(row)
     return rows
+
+
+def floor_check(records: list[dict[str, Any]], metrics: list[str]) -> str | None:
+    """One line saying whether every run's FID is above its real-vs-real floor (None without floors)."""
+    fid = next((m for m in metrics if m.startswith("fid")), None)
+    scored = [r for r in records if "floor" in r["metrics"].get(fid or "", {})]
+    if not scored:
+        return None
+    below = [Path(r["run"]).name for r in scored if r["metrics"][fid]["value"] <= r["metrics"][fid]["floor"]]
+    if below:
+        return f"{fid} is at or below its real-vs-real floor in {len(below)} of {len(scored)} runs: {', '.join(below)}"
+    return f"{fid} is above its real-vs-real floor in all {len(scored)} runs"
 
 
 def _table(rows: list[dict[str, Any]], metrics: list[str]) -> str:
     fid = next((m for m in metrics if m.startswith("fid")), None)
     kid = next((m for m in metrics if m.startswith("kid")), None)
+    pr = next((m for m in metrics if m.startswith("pr")), None)
+    floor = fid is not None and any(f"{fid}_floor" in r for r in rows)
     head = ["arm", "width", "G params", "D params", "seeds"]
     if fid:
         head.append(f"{fid} (mean ± std)")
+    if floor:
+        head.append("floor")
     if kid:
         head.append(f"{kid} (mean)")
+    if pr:
+        head.append("precision / recall (mean)")
     head += ["images/s", "train time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -200,8 +222,13 @@ def _table(rows: list[dict[str, Any]], metrics: list[str]) -> str:
         if fid:
             std = r[f"{fid}_std"]
             cells.append(f"{r[fid]:.1f}" + ("" if math.isnan(std) else f" ± {std:.1f}"))
+        if floor:
+            cells.append(f"{r[f'{fid}_floor']:.1f}" if f"{fid}_floor" in r else "-")
         if kid:
             cells.append(f"{r[kid]:.4f}")
+        if pr:
+            recall = r.get(f"{pr}_recall")
+            cells.append("-" if math.isnan(r[pr]) or recall is None else f"{r[pr]:.2f} / {recall:.2f}")
         cells += [f"{r['images_per_s']:.0f}", f"{r['train_seconds']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -256,8 +283,11 @@ def run_study(path: str | Path, out: str | Path, quick: bool = False, collect_on
         raise UserError(f"no finished study runs under {runs_dir}")
     records.sort(key=lambda r: ([a.name for a in study.arms].index(r["arm"]), r["width"], r["seed"]))
     rows = _summary(records, study.metrics)
+    check = floor_check(records, study.metrics)
     (out / "results.json").write_text(
-        json.dumps({"study": str(path), "quick": quick, "records": records, "summary": rows}, indent=1)
+        json.dumps(
+            {"study": str(path), "quick": quick, "records": records, "summary": rows, "floor_check": check}, indent=1
+        )
     )
     (out / "table.md").write_text(_table(rows, study.metrics) + "\n")
     fid = next((m for m in study.metrics if m.startswith("fid")), None)
@@ -270,5 +300,7 @@ def run_study(path: str | Path, out: str | Path, quick: bool = False, collect_on
             grids = sorted(Path(record["run"]).glob("fakes*.png"))
             if grids:
                 shutil.copyfile(grids[-1], samples / f"{record['arm']}-w{record['width']}.png")
+    if check:
+        print(f"study: {check}")
     print(f"study: {len(records)} runs, results in {out} ({time.perf_counter() - start:.0f} s)")
     return out

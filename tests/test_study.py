@@ -13,7 +13,7 @@ import pytest
 from scs_gan.config import load_yaml
 from scs_gan.errors import UserError
 from scs_gan.models import build_discriminator, build_generator
-from scs_gan.study import load_study, train_overrides
+from scs_gan.study import floor_check, load_study, train_overrides
 from scs_gan.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,6 +86,10 @@ def test_quick_study_trains_every_arm_and_writes_the_table(tmp_path, fid_weights
     scs = next(r for r in results["records"] if r["arm"] == "scs")
     assert scs["p"] and all(v >= 1.0 for v in scs["p"].values()) and "fid16_16" in scs["metrics"]
     assert (out / "fid_vs_params.png").is_file() and len(list((out / "samples").glob("*.png"))) == 5
+    # the real-vs-real floor is below every trained run's FID, and the table shows it beside the FID
+    assert "fid16_16 is above its real-vs-real floor in all 5 runs" in result.stdout
+    assert results["floor_check"] == "fid16_16 is above its real-vs-real floor in all 5 runs"
+    assert "| floor |" in table[0] and all(scs_row_floor != "-" for scs_row_floor in _column(table, "floor"))
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert again.returncode == 0 and "training" not in again.stdout  # finished runs are reused
     (out / "table.md").unlink()
@@ -101,3 +105,22 @@ def test_collect_only_without_runs_is_a_clear_error(tmp_path):
     assert result.returncode != 0 and "no finished study runs" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def _column(table: list[str], name: str) -> list[str]:
+    """The cells of the column ``name`` of a markdown table, below its rule."""
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    return [[c.strip() for c in line.strip("|").split("|")][head.index(name)] for line in table[2:]]
+
+
+def test_floor_check_names_the_runs_at_or_below_their_floor():
+    def record(run: str, value: float, floor: float | None) -> dict:
+        fid = {"value": value} if floor is None else {"value": value, "floor": floor}
+        return {"run": f"/studies/x/runs/{run}", "metrics": {"fid1k_1k": fid}}
+
+    records = [record("00000-a", 30.0, 10.6), record("00001-b", 10.6, 10.6), record("00002-c", 9.0, None)]
+    assert (
+        floor_check(records, ["fid1k_1k"]) == "fid1k_1k is at or below its real-vs-real floor in 1 of 2 runs: 00001-b"
+    )
+    assert floor_check(records[:1], ["fid1k_1k"]) == "fid1k_1k is above its real-vs-real floor in all 1 runs"
+    assert floor_check(records[2:], ["fid1k_1k"]) is None and floor_check(records, ["kid1k_1k"]) is None
