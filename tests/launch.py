@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 import sys
+
+
+def _free_port() -> int:
+    """A TCP port free now, for the launch's rendezvous: test workers running side by side (pytest -n) must
+    not share accelerate's default port 29500."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 TWO_PROCESS_LAUNCH = [
     sys.executable,
@@ -13,6 +23,8 @@ TWO_PROCESS_LAUNCH = [
     "2",
     "--num_machines",
     "1",
+    "--main_process_port",
+    str(_free_port()),
     "--mixed_precision",
     "no",
     "--dynamo_backend",

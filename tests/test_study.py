@@ -50,7 +50,12 @@ def test_every_study_file_resolves_for_every_run(name, tmp_path):
     for arm in study.arms:
         for width in study.widths:
             config = load_config(arm.config, train_overrides(study, arm, width, study.seeds[0], tmp_path))
-            assert config.model.g.channels == width and config.train.kimg == study.kimg
+            # an arm may set a network's width itself (arm overrides come last); otherwise the study's applies
+            for net in ("g", "d"):
+                own = next((o for o in arm.overrides if o.startswith(f"model.{net}.channels=")), None)
+                expected = int(own.split("=")[1]) if own else width
+                assert getattr(config.model, net).channels == expected
+            assert config.train.kimg == study.kimg
             build_generator(config.model, config.data.resolution, config.data.channels)
             build_discriminator(config.model, config.data.resolution, config.data.channels)
 
