@@ -9,10 +9,12 @@ and KID are sums and feature lists that torchmetrics reduces across processes in
 from __future__ import annotations
 
 import tempfile
+import types
 import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from torchmetrics.image.inception import InceptionScore
@@ -41,12 +43,45 @@ class TFInceptionV3(NoTrainInceptionV3):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-class InceptionFeatures(nn.Module):
-    """uint8 images ``(N, 1 or 3, H, W)`` to float32 Inception features ``(N, feature)``, in batches."""
+def _folded_forward(self: nn.Module, x: Tensor) -> Tensor:
+    """A ``BasicConv2d`` (convolution, batch norm, ReLU) as one convolution with a bias, then the ReLU."""
+    conv = self.conv
+    y = F.conv2d(x, self.folded_weight, self.folded_bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return F.relu(y, inplace=True)
 
-    def __init__(self, state: dict[str, Tensor], feature: int = 2048, batch: int = 64) -> None:
+
+def fold_batch_norms(net: nn.Module) -> int:
+    """Fold each convolution + inference batch norm of the Inception into one convolution; returns how many.
+
+    torch-fidelity's ``BasicConv2d`` computes ``relu(bn(conv(x)))`` with fixed statistics, which is
+    ``relu(conv(x, w * s) + (beta - mean * s))`` with ``s = gamma / sqrt(var + eps)``: one pass over each
+    activation fewer (about 10% of the feature pass on a CPU), the same features to float rounding (a few
+    1e-6). The folded tensors are non-persistent buffers, so the state dict keeps the published weights.
+    """
+    count = 0
+    for module in net.modules():
+        conv, bn = getattr(module, "conv", None), getattr(module, "bn", None)
+        if type(module).__name__ != "BasicConv2d" or not isinstance(conv, nn.Conv2d) or conv.bias is not None:
+            continue
+        if not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats or bn.training:
+            continue
+        with torch.no_grad():
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            module.register_buffer("folded_weight", conv.weight * scale.view(-1, 1, 1, 1), persistent=False)
+            module.register_buffer("folded_bias", bn.bias - bn.running_mean * scale, persistent=False)
+        module.forward = types.MethodType(_folded_forward, module)
+        count += 1
+    return count
+
+
+class InceptionFeatures(nn.Module):
+    """uint8 images ``(N, 1 or 3, H, W)`` to float32 Inception features ``(N, feature)``, in batches (with the
+    batch norms folded into the convolutions, see :func:`fold_batch_norms`)."""
+
+    def __init__(self, state: dict[str, Tensor], feature: int = 2048, batch: int = 64, fold: bool = True) -> None:
         super().__init__()
-        self.net = TFInceptionV3(state, feature)
+        self.net = TFInceptionV3(state, feature).eval()
+        self.folded = fold_batch_norms(self.net) if fold else 0
         self.feature, self.batch = feature, batch
 
     @torch.inference_mode()

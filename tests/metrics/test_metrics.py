@@ -21,7 +21,7 @@ from scs_gan.errors import UserError
 from scs_gan.images import to_uint8
 from scs_gan.metrics import weights as W
 from scs_gan.metrics.evaluate import Evaluator, describe
-from scs_gan.metrics.inception import make_fid
+from scs_gan.metrics.inception import InceptionFeatures, make_fid
 from scs_gan.metrics.protocol import parse_metric
 from scs_gan.models import ModelConfig, build_generator
 from scs_gan.snapshot import save_snapshot
@@ -195,3 +195,15 @@ def test_kid_reports_a_spread_only_where_its_subsets_differ():
     _, std_same = host._compute(parse_metric("kid20_20"), reals[:20], fakes[:20], 20)
     _, std_more = host._compute(parse_metric("kid20_40"), reals, fakes[:20], 40)
     assert std_same is None and std_more is not None and std_more > 1e-6
+
+
+def test_folded_batch_norms_give_the_published_networks_features(fid_state):
+    """Every conv + batch norm of the Inception is folded into one convolution for speed; the features stay
+    those of the published network (to float rounding) and the state dict keeps the published weights."""
+    state = fid_state[0]
+    folded, plain = InceptionFeatures(state, batch=4), InceptionFeatures(state, batch=4, fold=False)
+    assert folded.folded == 94 and plain.folded == 0
+    assert folded.state_dict().keys() == plain.state_dict().keys()
+    images = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    a, b = folded(images), plain(images)
+    assert (a - b).abs().max() <= 1e-4 * b.abs().max() and not torch.equal(a, b)
