@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,17 @@ def test_a_second_process_loads_the_built_kernels_without_rebuilding():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
     assert Path(out.stdout.strip().splitlines()[-1]) in libraries
     assert {p: p.stat().st_mtime_ns for p in libraries} == before
+
+
+@pytest.mark.skipif(shutil.which("nm") is None, reason="needs binutils' nm to read the kernels' symbols")
+def test_the_sharpening_loops_are_vectorised_on_avx2():
+    """The fused kernels are built with AVX2 and FMA on AVX2 and AVX-512 CPUs alike; their exp/log loops then
+    call glibc's 8-wide AVX2 vector math (libmvec's _ZGVdN8v_expf/_ZGVdN8v_logf). A loop the compiler left
+    scalar would import only expf/logf."""
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("the CPU has no AVX2")
+    module = _kernels.get()
+    if module is None:
+        pytest.skip("the fused kernels could not be built here (no compiler)")
+    symbols = subprocess.run(["nm", "-D", module.__file__], capture_output=True, text=True, check=True).stdout
+    assert "_ZGVdN8v_expf" in symbols and "_ZGVdN8v_logf" in symbols
