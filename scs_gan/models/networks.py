@@ -43,6 +43,8 @@ class GeneratorConfig:
             scs/cosine: without it the SCS generator did not learn MNIST (docs/RESULTS.md).
         p_init, p_floor, q_init: initial exponent, its floor and the initial norm floor of SCS layers
             (p_init 1.1 measured better than 1.5 and 2.0 for GANs: docs/RESULTS.md).
+        p_init_max: if set, each channel's initial exponent is drawn uniformly from [p_init, p_init_max]
+            (the SCS practice is [1, 3], with p_floor below 1) instead of all being p_init.
         out_gain: initial value of the learned gain before ``tanh`` (scs/cosine).
         gain_lr_mul: learning-rate multiplier of that gain and its bias (see :class:`Gain`).
     """
@@ -52,6 +54,7 @@ class GeneratorConfig:
     max_channels: int = 256
     activation: Literal["auto", "none", "relu", "lrelu", "abs"] = "auto"
     p_init: float = 1.1
+    p_init_max: float | None = None
     p_floor: float = 1.0
     q_init: float = 0.1
     out_gain: float = 2.0
@@ -68,7 +71,7 @@ class DiscriminatorConfig:
         max_channels: cap on any layer's width.
         downsample: ``stride`` (k4 s2 layers) or ``maxabspool`` (k3 s1 layers, then MaxAbsPool2d(2)).
         activation: ``auto`` is ``lrelu`` (LeakyReLU 0.2) for every kind (measured better than none for SCS).
-        p_init, p_floor, q_init: as for the generator.
+        p_init, p_init_max, p_floor, q_init: as for the generator.
         out_gain: initial value of the learned gain of the logit (scs/cosine).
         gain_lr_mul: learning-rate multiplier of that gain and its bias.
     """
@@ -79,6 +82,7 @@ class DiscriminatorConfig:
     downsample: Literal["stride", "maxabspool"] = "stride"
     activation: Literal["auto", "none", "relu", "lrelu", "abs"] = "auto"
     p_init: float = 1.1
+    p_init_max: float | None = None
     p_floor: float = 1.0
     q_init: float = 0.1
     out_gain: float = 4.0
@@ -91,6 +95,8 @@ def _validate_layers(c: GeneratorConfig | DiscriminatorConfig, section: str) -> 
     if c.kind != "conv":
         if c.p_floor < 0 or (c.kind == "scs" and not c.p_init > c.p_floor):
             raise UserError(f"{section}.p_floor must be >= 0 and {section}.p_init greater than it")
+        if c.p_init_max is not None and not c.p_init_max >= c.p_init:
+            raise UserError(f"{section}.p_init_max ({c.p_init_max}) must be at least {section}.p_init ({c.p_init})")
         if not c.q_init > 0:
             raise UserError(f"{section}.q_init must be positive")
         if not c.gain_lr_mul > 0:
@@ -210,6 +216,7 @@ class Generator(nn.Module):
             padding,
             bias=bias,
             p_init=c.p_init,
+            p_init_max=c.p_init_max,
             p_floor=c.p_floor,
             q_init=c.q_init,
             sharpen=c.kind == "scs",
@@ -261,6 +268,7 @@ class Discriminator(nn.Module):
             padding,
             bias=bias,
             p_init=c.p_init,
+            p_init_max=c.p_init_max,
             p_floor=c.p_floor,
             q_init=c.q_init,
             sharpen=c.kind == "scs",

@@ -45,6 +45,7 @@ class _SCSBase(nn.Module):
         sharpen: bool,
         device,
         dtype,
+        p_init_max: float | None = None,
     ) -> None:
         super().__init__()
         if in_channels <= 0 or out_channels <= 0:
@@ -57,6 +58,8 @@ class _SCSBase(nn.Module):
             raise ValueError(f"p_init ({p_init}) must be greater than p_floor ({p_floor})")
         if p_floor < 0:
             raise ValueError(f"p_floor must be >= 0, got {p_floor}")
+        if p_init_max is not None and not p_init_max >= p_init:
+            raise ValueError(f"p_init_max ({p_init_max}) must be at least p_init ({p_init})")
         if not q_init > 0:
             raise ValueError(f"q_init must be > 0 (q is kept positive by a softplus), got {q_init}")
         if not eps > 0:
@@ -67,6 +70,7 @@ class _SCSBase(nn.Module):
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.groups = groups
         self.p_init, self.q_init, self.p_floor = float(p_init), float(q_init), float(p_floor)
+        self.p_init_max = None if p_init_max is None else float(p_init_max)
         self.eps = float(eps)
         self.sharpen = bool(sharpen)
         self.weight = nn.Parameter(torch.empty(weight_shape, **factory))
@@ -76,15 +80,19 @@ class _SCSBase(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Initialise like the torch counterpart (weight), with p = p_init, q = q_init and a zero bias.
+        """Initialise like the torch counterpart (weight), with p = p_init (or, with ``p_init_max``, drawn
+        uniformly from [p_init, p_init_max] per output channel), q = q_init and a zero bias.
 
         Only the direction of each filter matters (it is normalised), so the weight scale only sets the
         optimiser's angular step, as it does for a convolution.
         """
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         with torch.no_grad():
-            if self.p_raw is not None:
+            if self.p_raw is not None and self.p_init_max is None:
                 self.p_raw.fill_(_inverse_softplus(self.p_init - self.p_floor))
+            elif self.p_raw is not None:
+                above = torch.empty_like(self.p_raw).uniform_(self.p_init, self.p_init_max) - self.p_floor
+                self.p_raw.copy_(above + torch.log(-torch.expm1(-above)))  # the inverse softplus
             self.q_raw.fill_(_inverse_softplus(self.q_init))
         if self.bias is not None:
             nn.init.zeros_(self.bias)
@@ -105,7 +113,8 @@ class _SCSBase(nn.Module):
         return None if self.p_raw is None else self.p
 
     def _scs_repr(self) -> str:
-        text = f", p_init={self.p_init}, p_floor={self.p_floor}" if self.sharpen else ", sharpen=False"
+        p0 = self.p_init if self.p_init_max is None else f"U[{self.p_init}, {self.p_init_max}]"
+        text = f", p_init={p0}, p_floor={self.p_floor}" if self.sharpen else ", sharpen=False"
         return f"{text}, q_init={self.q_init}"
 
 
@@ -127,6 +136,8 @@ class SharpenedCosineSimilarity2d(_SCSBase):
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode:
             as for :class:`torch.nn.Conv2d`, except that ``bias`` defaults to ``False``.
         p_init: initial exponent (> ``p_floor``).
+        p_init_max: if given, each output channel's initial exponent is drawn uniformly from
+            ``[p_init, p_init_max]`` (as the reference SCS layer does with [1, 3]) instead of all being ``p_init``.
         q_init: initial norm floor (> 0).
         p_floor: lower bound of ``p``. Below 1 the gradient ``p * (|c| + eps) ** (p - 1)`` grows large near
             ``c = 0``.
@@ -160,6 +171,7 @@ class SharpenedCosineSimilarity2d(_SCSBase):
         sharpen: bool = True,
         device=None,
         dtype=None,
+        p_init_max: float | None = None,
     ) -> None:
         kernel = _pair(kernel_size, "kernel_size")
         super().__init__(
@@ -176,6 +188,7 @@ class SharpenedCosineSimilarity2d(_SCSBase):
             sharpen,
             device,
             dtype,
+            p_init_max,
         )
         if padding_mode not in _PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
@@ -248,7 +261,7 @@ class SharpenedCosineSimilarityTranspose2d(_SCSBase):
         in_channels, out_channels, kernel_size, stride, padding, output_padding, groups, bias, dilation,
         padding_mode: as for :class:`torch.nn.ConvTranspose2d` (same order), except that ``bias`` defaults to
             ``False``; only ``padding_mode='zeros'`` exists, as in torch.
-        p_init, q_init, p_floor, eps, sharpen: as for :class:`SharpenedCosineSimilarity2d`.
+        p_init, q_init, p_floor, eps, sharpen, p_init_max: as for :class:`SharpenedCosineSimilarity2d`.
 
     Shape:
         - Input: ``(N, C_in, H, W)`` or ``(C_in, H, W)``
@@ -279,6 +292,7 @@ class SharpenedCosineSimilarityTranspose2d(_SCSBase):
         sharpen: bool = True,
         device=None,
         dtype=None,
+        p_init_max: float | None = None,
     ) -> None:
         kernel = _pair(kernel_size, "kernel_size")
         super().__init__(
@@ -295,6 +309,7 @@ class SharpenedCosineSimilarityTranspose2d(_SCSBase):
             sharpen,
             device,
             dtype,
+            p_init_max,
         )
         if padding_mode != "zeros":
             raise ValueError(f"only padding_mode='zeros' is supported for transposed layers, got {padding_mode!r}")

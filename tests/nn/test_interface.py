@@ -176,3 +176,17 @@ def test_max_abs_pool_gradient_reaches_only_the_selected_element():
     y = torch.randn(1, 2, 6, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: MaxAbsPool2d(2)(t), (y,))
     assert torch.autograd.gradgradcheck(lambda t: MaxAbsPool2d(2)(t), (y,))
+
+
+@pytest.mark.parametrize("cls", [SCS2d, SCSTranspose2d])
+def test_p_init_max_draws_each_channels_exponent_from_a_range(cls):
+    """p_init_max: p0 uniform in [p_init, p_init_max] per output channel (the SCS practice: [1, 3]), kept
+    above p_floor by the softplus; without it every channel starts at p_init."""
+    torch.manual_seed(0)
+    layer = cls(8, 256, 3, p_init=1.0, p_init_max=3.0, p_floor=0.5)
+    p = layer.p.detach()
+    assert p.min() >= 1.0 - 1e-5 and p.max() <= 3.0 + 1e-5 and p.std() > 0.4  # U[1, 3]: std 0.58
+    assert "p_init=U[1.0, 3.0]" in repr(layer)
+    assert torch.allclose(cls(8, 4, 3, p_init=1.2).p, torch.full((4,), 1.2))
+    with pytest.raises(ValueError, match="p_init_max"):
+        cls(8, 4, 3, p_init=2.0, p_init_max=1.5)
