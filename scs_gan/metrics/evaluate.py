@@ -321,7 +321,11 @@ class Evaluator:
             # every process looks before any computes: the main one writes only after the collective computations
             try:
                 cached = json.loads(path.read_text(encoding="utf-8"))
-                floors[spec.name] = {**cached, "value": float(cached["value"]), "subset": about, "cached": True}
+                floor = {"value": float(cached["value"])}
+                # a spread is kept only where KID's subsets differ (files cached before that rule carry one)
+                if "std" in cached and min(1000, spec.num_fake, spec.num_real) < max(spec.num_fake, spec.num_real):
+                    floor["std"] = float(cached["std"])
+                floors[spec.name] = {**floor, "subset": about, "cached": True}
                 self._say(f"floor of {spec.name}: cache hit ({path})")
             except (OSError, ValueError, KeyError, TypeError):  # absent or damaged: compute
                 todo.append((spec, indices, about, path))

@@ -75,6 +75,12 @@ def test_one_inception_pass_serves_every_metric_and_floors_are_cached(tmp_path, 
         assert second[name]["value"] == first[name]["value"]
     cache = Path(tmp_path) / "fid"
     assert len(list(cache.glob("floor-*.json"))) == 2 and len(list(cache.glob("knn-*-k[35].safetensors"))) == 2
+    # a KID floor cached by an earlier version carries a spread over identical subsets: it is not shown
+    for path in cache.glob("floor-*.json"):
+        saved = json.loads(path.read_text())
+        path.write_text(json.dumps({**saved, "std": 1e-7}))
+    third = evaluator.evaluate(generator, z_dim, ["kid20_20"])
+    assert "std" not in third["kid20_20"]["floor"] and third["kid20_20"]["floor"]["cached"]
 
 
 def test_floors_say_why_they_are_missing(fid_weights_file):
