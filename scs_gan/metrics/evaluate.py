@@ -138,6 +138,13 @@ def describe(record: dict[str, Any]) -> str:
     return text
 
 
+def kid_subset(num_fake: int, num_real: int) -> tuple[int, bool]:
+    """KID's subset size for these set sizes, and whether its subsets differ: subsets as large as both sets
+    are both whole sets every time, and their spread is rounding, not a spread (the records leave it out)."""
+    size = min(1000, num_fake, num_real)
+    return size, size < max(num_fake, num_real)
+
+
 class Evaluator:
     """Computes named metrics for generators against one dataset; reuses the Inception network and caches.
 
@@ -323,7 +330,7 @@ class Evaluator:
                 cached = json.loads(path.read_text(encoding="utf-8"))
                 floor = {"value": float(cached["value"])}
                 # a spread is kept only where KID's subsets differ (files cached before that rule carry one)
-                if "std" in cached and min(1000, spec.num_fake, spec.num_real) < max(spec.num_fake, spec.num_real):
+                if "std" in cached and kid_subset(spec.num_fake, spec.num_real)[1]:
                     floor["std"] = float(cached["std"])
                 floors[spec.name] = {**floor, "subset": about, "cached": True}
                 self._say(f"floor of {spec.name}: cache hit ({path})")
@@ -421,7 +428,7 @@ class Evaluator:
                     value, std = self._compute(spec, my_reals, my_fakes, len(real))
                     record["value"] = value
                     if spec.kind == "kid":
-                        record["subset_size"] = min(1000, spec.num_fake, len(real))
+                        record["subset_size"] = kid_subset(spec.num_fake, len(real))[0]
                     if std is not None:
                         record["std"] = std
                 else:
@@ -473,12 +480,11 @@ class Evaluator:
             for chunk in my_fakes.split(256):
                 metric.update(chunk.to(device), real=False)
             return float(metric.compute()), None
-        subset = min(1000, spec.num_fake, num_real)
+        subset, subsets_differ = kid_subset(spec.num_fake, num_real)
         metric = make_kid(FEATURE, subset_size=subset).to(device)
         metric.update(my_reals.to(device), real=True)
         metric.update(my_fakes.to(device), real=False)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(0)  # the same subsets on every process and every run
             mean, std = metric.compute()
-        # subsets as large as both sets are both sets, every time: their spread is rounding, not a spread
-        return float(mean), (float(std) if subset < max(spec.num_fake, num_real) else None)
+        return float(mean), (float(std) if subsets_differ else None)

@@ -22,8 +22,11 @@ __all__ = [
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
-def _inverse_softplus(value: float) -> float:
-    """The raw parameter whose softplus is ``value`` (> 0)."""
+def _inverse_softplus(value: float | Tensor) -> float | Tensor:
+    """The raw parameter whose softplus is ``value`` (> 0); tensors are computed in float64, as floats are."""
+    if isinstance(value, Tensor):
+        wide = value.double()
+        return (wide + torch.log(-torch.expm1(-wide))).to(value.dtype)
     return value + math.log(-math.expm1(-value))
 
 
@@ -91,8 +94,8 @@ class _SCSBase(nn.Module):
             if self.p_raw is not None and self.p_init_max is None:
                 self.p_raw.fill_(_inverse_softplus(self.p_init - self.p_floor))
             elif self.p_raw is not None:
-                above = torch.empty_like(self.p_raw).uniform_(self.p_init, self.p_init_max) - self.p_floor
-                self.p_raw.copy_(above + torch.log(-torch.expm1(-above)))  # the inverse softplus
+                p0 = torch.empty_like(self.p_raw).uniform_(self.p_init, self.p_init_max)
+                self.p_raw.copy_(_inverse_softplus(p0 - self.p_floor))
             self.q_raw.fill_(_inverse_softplus(self.q_init))
         if self.bias is not None:
             nn.init.zeros_(self.bias)
