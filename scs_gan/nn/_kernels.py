@@ -9,6 +9,11 @@ about 25 of them per forward+backward. These three kernels do the same maths in 
   group's output channels of ``grad_c * c`` (for the norm's gradient), the gradient of ``p``, and optionally
   ``grad_c * c`` itself (the transposed layer sums it over the batch).
 
+Around them, each layer's whole forward and backward (the weight normalisation or the transposed layer's
+tap norms, the convolutions, the window sums and the kernels) is one C++ function per direction
+(``scs2d_forward``/``scs2d_backward``, ``scst2d_forward``/``scst2d_backward``): in Python that glue was a few
+dozen small operations and autograd nodes per layer and call, which cost more than the kernels themselves.
+
 They are compiled with the system C++ compiler through ``torch.utils.cpp_extension`` the first time a layer
 runs on the CPU (30-90 s, depending on the CPU), into a folder under ``$TORCH_EXTENSIONS_DIR`` (default
 ``~/.cache/torch_extensions``) whose name is a hash of everything that changes the binary: the source, the
@@ -197,6 +202,199 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor y, torch::
   auto grad_p = sharpen ? gp_threads.sum(0) : torch::empty({0}, y.options());
   return {grad_dot, t_x, grad_p, t_elem};
 }
+
+// ------------------------------------------------------------------------------------------------------
+// Whole layers, one call per direction: the glue between the convolutions and the element-wise kernels
+// above, which in Python costs a few dozen small operations and autograd nodes per layer and call. Only for
+// window sums that avg_pool2d computes (dilation 1, padding at most half the kernel); functional.py checks.
+// Optional tensors are passed empty (numel 0); gradients nobody needs come back undefined (None).
+// ------------------------------------------------------------------------------------------------------
+
+namespace {
+
+at::Tensor window_sum(const at::Tensor& x2, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding) {
+  return at::avg_pool2d(x2, kernel, stride, padding, false, true, 1);
+}
+
+at::Tensor window_sum_adjoint(const at::Tensor& g, int64_t out_h, int64_t out_w, at::IntArrayRef kernel,
+                              at::IntArrayRef stride, at::IntArrayRef padding) {
+  auto shape = at::empty({1}, g.options()).expand({g.size(0), g.size(1), out_h, out_w});
+  return at::avg_pool2d_backward(g, shape, kernel, stride, padding, false, true, 1);
+}
+
+// The squared norm of the weight taps that meet at each output pixel of a transposed layer (dilation 1):
+// wn2[o, Y, X] = sum of w2[o, ky, kx] over the taps with Y = iy * s + ky - p and X = ix * s + kx - p for
+// some input pixel (iy, ix). Equal to conv_transpose2d(ones, w2) per group, without a convolution call.
+at::Tensor tap_norm2(const at::Tensor& w2, int64_t H, int64_t W, int64_t OH, int64_t OW, at::IntArrayRef stride,
+                     at::IntArrayRef padding) {
+  const int64_t O = w2.size(0) * w2.size(1), KH = w2.size(2), KW = w2.size(3);
+  const int64_t sh = stride[0], sw = stride[1], ph = padding[0], pw = padding[1];
+  auto w2c = w2.contiguous();
+  auto out = at::zeros({O, OH, OW}, w2.options());
+  const float* wp = w2c.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  for (int64_t o = 0; o < O; ++o) {
+    for (int64_t ky = 0; ky < KH; ++ky) {
+      for (int64_t kx = 0; kx < KW; ++kx) {
+        const float v = wp[(o * KH + ky) * KW + kx];
+        for (int64_t iy = 0; iy < H; ++iy) {
+          const int64_t Y = iy * sh + ky - ph;
+          if (Y < 0 || Y >= OH) continue;
+          float* row = op + (o * OH + Y) * OW;
+          for (int64_t ix = 0; ix < W; ++ix) {
+            const int64_t X = ix * sw + kx - pw;
+            if (X >= 0 && X < OW) row[X] += v;
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+// The adjoint of tap_norm2: grad_w2[o, ky, kx] = sum of grad[o, Y, X] over the output pixels tap (ky, kx) reaches.
+at::Tensor tap_norm2_adjoint(const at::Tensor& grad, int64_t G, int64_t H, int64_t W, int64_t KH, int64_t KW,
+                             at::IntArrayRef stride, at::IntArrayRef padding) {
+  const int64_t O = grad.size(0), OH = grad.size(1), OW = grad.size(2);
+  const int64_t sh = stride[0], sw = stride[1], ph = padding[0], pw = padding[1];
+  auto gc = grad.contiguous();
+  auto out = at::zeros({G, O / G, KH, KW}, grad.options());
+  const float* gp = gc.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  for (int64_t o = 0; o < O; ++o) {
+    for (int64_t ky = 0; ky < KH; ++ky) {
+      for (int64_t kx = 0; kx < KW; ++kx) {
+        float acc = 0.0f;
+        for (int64_t iy = 0; iy < H; ++iy) {
+          const int64_t Y = iy * sh + ky - ph;
+          if (Y < 0 || Y >= OH) continue;
+          const float* row = gp + (o * OH + Y) * OW;
+          for (int64_t ix = 0; ix < W; ++ix) {
+            const int64_t X = ix * sw + kx - pw;
+            if (X >= 0 && X < OW) acc += row[X];
+          }
+        }
+        op[(o * KH + ky) * KW + kx] = acc;
+      }
+    }
+  }
+  return out;
+}
+
+at::Tensor square_sum(const at::Tensor& x, int64_t groups) {
+  const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
+  return group_square_sum(x.contiguous().view({B, x.size(1), H * W}), groups).view({B, groups, H, W});
+}
+
+}  // namespace
+
+// SCS2d forward from the raw weight: returns (y, w_hat, w_scale, inv, norm); w_hat = weight * w_scale.
+std::vector<torch::Tensor> scs2d_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor p, torch::Tensor q,
+                                         torch::Tensor bias, std::vector<int64_t> stride,
+                                         std::vector<int64_t> padding, int64_t groups, double eps) {
+  auto w_scale = weight.square().sum({1, 2, 3}, true).add_(eps).rsqrt_();
+  auto w_hat = weight * w_scale;
+  auto dot = at::conv2d(x, w_hat, {}, stride, padding, {1, 1}, groups).contiguous();
+  const int64_t B = x.size(0), O = w_hat.size(0), OH = dot.size(2), OW = dot.size(3);
+  auto norm = window_sum(square_sum(x, groups), {w_hat.size(2), w_hat.size(3)}, stride, padding).add_(eps).sqrt_();
+  auto inv = (norm + q).reciprocal_();
+  auto no_w = torch::empty({0}, x.options());
+  forward_(dot.view({B, groups, O / groups, OH * OW}), inv.view({B, groups, OH * OW}), no_w, p, eps);
+  if (bias.numel() > 0) dot.add_(bias.view({1, -1, 1, 1}));
+  return {dot, w_hat, w_scale, inv, norm};
+}
+
+// SCS2d backward: (grad_x, grad_weight, grad_p, grad_q, grad_bias) for the gradients flagged in `needs`.
+std::vector<torch::Tensor> scs2d_backward(torch::Tensor g, torch::Tensor x, torch::Tensor w_hat, torch::Tensor w_scale,
+                                          torch::Tensor p, torch::Tensor bias, torch::Tensor y, torch::Tensor inv,
+                                          torch::Tensor norm, std::vector<int64_t> stride,
+                                          std::vector<int64_t> padding, int64_t groups, double eps,
+                                          std::vector<bool> needs) {
+  const int64_t B = y.size(0), O = y.size(1), OH = y.size(2), OW = y.size(3), G = groups;
+  const bool has_bias = bias.numel() > 0;
+  auto y0 = has_bias ? y - bias.view({1, -1, 1, 1}) : y;
+  auto parts = backward(g.contiguous().view({B, G, O / G, OH * OW}), y0.contiguous().view({B, G, O / G, OH * OW}),
+                        inv.view({B, G, OH * OW}), torch::empty({0}, y.options()), p, eps, false);
+  auto grad_norm = parts[1].view(inv.sizes()).mul_(inv).neg_();
+  torch::Tensor grad_x, grad_w, grad_p, grad_q, grad_bias;
+  if (needs[3]) grad_q = grad_norm.sum();
+  if (needs[2] && p.numel() > 0) grad_p = parts[2];
+  if (needs[4] && has_bias) grad_bias = g.sum({0, 2, 3});
+  if (needs[0] || needs[1]) {
+    auto grads = at::convolution_backward(parts[0].view(y.sizes()), x, w_hat, c10::nullopt, stride, padding, {1, 1},
+                                          false, {0, 0}, groups, {needs[0], needs[1], false});
+    grad_x = std::get<0>(grads);
+    if (needs[1]) {
+      // through w_hat = w * (sum w^2 + eps)^(-1/2): grad_w = w_scale * (G - w_hat * sum(G * w_hat))
+      auto gw = std::get<1>(grads);
+      grad_w = gw.sub_(w_hat * (gw * w_hat).sum({1, 2, 3}, true)).mul_(w_scale);
+    }
+  }
+  if (needs[0]) {
+    auto grad_x2 = window_sum_adjoint(grad_norm.mul_(0.5).div_(norm), x.size(2), x.size(3),
+                                      {w_hat.size(2), w_hat.size(3)}, stride, padding);
+    auto gx5 = grad_x.view({B, G, -1, x.size(2), x.size(3)});
+    gx5.addcmul_(x.view(gx5.sizes()), grad_x2.unsqueeze(2), 2.0);
+  }
+  return {grad_x, grad_w, grad_p, grad_q, grad_bias};
+}
+
+// SCSTranspose2d forward: returns (y, w2, inv_x, norm, inv_w); w2 = the squared weights summed over each
+// group's input channels, inv_w the inverse norm of the taps that meet at each output pixel.
+std::vector<torch::Tensor> scst2d_forward(torch::Tensor x, torch::Tensor w, torch::Tensor p, torch::Tensor q,
+                                          torch::Tensor bias, std::vector<int64_t> stride,
+                                          std::vector<int64_t> padding, std::vector<int64_t> output_padding,
+                                          int64_t groups, double eps) {
+  const int64_t B = x.size(0), Cin = w.size(0), Og = w.size(1), KH = w.size(2), KW = w.size(3), G = groups;
+  auto dot = at::conv_transpose2d(x, w, {}, stride, padding, output_padding, groups, {1, 1}).contiguous();
+  const int64_t O = dot.size(1), OH = dot.size(2), OW = dot.size(3);
+  auto norm = window_sum_adjoint(square_sum(x, groups), OH, OW, {KH, KW}, stride, padding).add_(eps).sqrt_();
+  auto inv_x = (norm + q).reciprocal_();
+  auto w2 = w.square().view({G, Cin / G, Og, KH, KW}).sum(1);
+  auto inv_w = tap_norm2(w2, x.size(2), x.size(3), OH, OW, stride, padding).add_(eps).rsqrt_();
+  forward_(dot.view({B, G, O / G, OH * OW}), inv_x.view({B, G, OH * OW}), inv_w.view({G, O / G, OH * OW}), p, eps);
+  if (bias.numel() > 0) dot.add_(bias.view({1, -1, 1, 1}));
+  return {dot, w2, inv_x, norm, inv_w};
+}
+
+// SCSTranspose2d backward: (grad_x, grad_weight, grad_p, grad_q, grad_bias) for the gradients in `needs`.
+std::vector<torch::Tensor> scst2d_backward(torch::Tensor g, torch::Tensor x, torch::Tensor w, torch::Tensor w2,
+                                           torch::Tensor p, torch::Tensor bias, torch::Tensor y, torch::Tensor inv_x,
+                                           torch::Tensor norm, torch::Tensor inv_w, std::vector<int64_t> stride,
+                                           std::vector<int64_t> padding, std::vector<int64_t> output_padding,
+                                           int64_t groups, double eps, std::vector<bool> needs) {
+  const int64_t B = y.size(0), O = y.size(1), OH = y.size(2), OW = y.size(3), G = groups;
+  const int64_t Cin = w.size(0), KH = w.size(2), KW = w.size(3);
+  const bool has_bias = bias.numel() > 0;
+  auto y0 = has_bias ? y - bias.view({1, -1, 1, 1}) : y;
+  auto parts = backward(g.contiguous().view({B, G, O / G, OH * OW}), y0.contiguous().view({B, G, O / G, OH * OW}),
+                        inv_x.view({B, G, OH * OW}), inv_w.view({G, O / G, OH * OW}), p, eps, needs[1]);
+  auto grad_norm = parts[1].view(inv_x.sizes()).mul_(inv_x).neg_();
+  torch::Tensor grad_x, grad_w, grad_p, grad_q, grad_bias;
+  if (needs[3]) grad_q = grad_norm.sum();
+  if (needs[2] && p.numel() > 0) grad_p = parts[2];
+  if (needs[4] && has_bias) grad_bias = g.sum({0, 2, 3});
+  if (needs[0] || needs[1]) {
+    auto grads = at::convolution_backward(parts[0].view(y.sizes()), x, w, c10::nullopt, stride, padding, {1, 1}, true,
+                                          output_padding, groups, {needs[0], needs[1], false});
+    grad_x = std::get<0>(grads);
+    if (needs[1]) {
+      // inv_w = (conv_transpose2d(ones, w2) + eps)^(-1/2), and w2 sums w^2 over each group's input channels
+      auto inv_w3 = inv_w.view({O, OH, OW});
+      auto grad_wn2 = parts[3].view({B, O, OH, OW}).sum(0).mul_(inv_w3).mul_(inv_w3).mul_(-0.5);
+      auto grad_w2 = tap_norm2_adjoint(grad_wn2, G, x.size(2), x.size(3), KH, KW, stride, padding);
+      grad_w = std::get<1>(grads);
+      auto gw5 = grad_w.view({G, Cin / G, -1, KH, KW});
+      gw5.addcmul_(w.view(gw5.sizes()), grad_w2.unsqueeze(1), 2.0);
+    }
+  }
+  if (needs[0]) {
+    auto grad_x2 = window_sum(grad_norm.mul_(0.5).div_(norm), {KH, KW}, stride, padding);
+    auto gx5 = grad_x.view({B, G, -1, x.size(2), x.size(3)});
+    gx5.addcmul_(x.view(gx5.sizes()), grad_x2.unsqueeze(2), 2.0);
+  }
+  return {grad_x, grad_w, grad_p, grad_q, grad_bias};
+}
 """
 
 _CPP_DECLS = """
@@ -204,6 +402,23 @@ torch::Tensor group_square_sum(torch::Tensor x, int64_t groups);
 void forward_(torch::Tensor dot, torch::Tensor inv_x, torch::Tensor inv_w, torch::Tensor p, double eps);
 std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor y, torch::Tensor inv_x, torch::Tensor inv_w,
                                     torch::Tensor p, double eps, bool keep_t);
+std::vector<torch::Tensor> scs2d_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor p, torch::Tensor q,
+                                         torch::Tensor bias, std::vector<int64_t> stride,
+                                         std::vector<int64_t> padding, int64_t groups, double eps);
+std::vector<torch::Tensor> scs2d_backward(torch::Tensor g, torch::Tensor x, torch::Tensor w_hat, torch::Tensor w_scale,
+                                          torch::Tensor p, torch::Tensor bias, torch::Tensor y, torch::Tensor inv,
+                                          torch::Tensor norm, std::vector<int64_t> stride,
+                                          std::vector<int64_t> padding, int64_t groups, double eps,
+                                          std::vector<bool> needs);
+std::vector<torch::Tensor> scst2d_forward(torch::Tensor x, torch::Tensor w, torch::Tensor p, torch::Tensor q,
+                                          torch::Tensor bias, std::vector<int64_t> stride,
+                                          std::vector<int64_t> padding, std::vector<int64_t> output_padding,
+                                          int64_t groups, double eps);
+std::vector<torch::Tensor> scst2d_backward(torch::Tensor g, torch::Tensor x, torch::Tensor w, torch::Tensor w2,
+                                           torch::Tensor p, torch::Tensor bias, torch::Tensor y, torch::Tensor inv_x,
+                                           torch::Tensor norm, torch::Tensor inv_w, std::vector<int64_t> stride,
+                                           std::vector<int64_t> padding, std::vector<int64_t> output_padding,
+                                           int64_t groups, double eps, std::vector<bool> needs);
 """
 
 _state: dict[str, Any] = {"module": None, "tried": False}
@@ -225,13 +440,21 @@ def _build():
     # -ffast-math lets GCC vectorise expf/logf through glibc's libmvec; it is a compile flag only, so the
     # shared library is not linked with crtfastmath and the process keeps its denormal handling.
     cflags, ldflags = ["-O3", "-ffast-math", "-fopenmp", *arch], ["-fopenmp"]
-    name = f"scs_gan_cpu_kernels_v3_{capability.lower()}"
+    name = f"scs_gan_cpu_kernels_v4_{capability.lower()}"
     folder = build_folder(name, [*include_paths(), *cflags, *ldflags])
     folder.mkdir(parents=True, exist_ok=True)
     return load_inline(
         name=name,
         cpp_sources=[_CPP_DECLS, _SOURCE],
-        functions=["group_square_sum", "forward_", "backward"],
+        functions=[
+            "group_square_sum",
+            "forward_",
+            "backward",
+            "scs2d_forward",
+            "scs2d_backward",
+            "scst2d_forward",
+            "scst2d_backward",
+        ],
         extra_cflags=cflags,
         extra_ldflags=ldflags,
         build_directory=str(folder),

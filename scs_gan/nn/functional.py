@@ -10,16 +10,19 @@ Patches are never unfolded: the dot products are one convolution, and the square
 sum over the channel-summed squares of the input (a one-channel pooling), exactly the formulation that makes
 SCS as cheap as the convolution it replaces.
 
-The same maths runs along three paths, which the tests hold to each other:
+The same maths runs along these paths, which the tests hold to each other:
 
-* a hand-written autograd function for eager execution, which runs the element-wise work in place, keeps
-  only the input, the normalised weight, the output and two per-location maps for backward, and skips the
-  work for gradients nobody asked for; on CPU float32 tensors its element-wise passes are the fused C++
-  kernels of ``_kernels`` when they are built,
-* and otherwise the same function with that work done by eager torch operations;
+* on CPU float32 tensors with the fused kernels of ``_kernels`` built, for layers whose window sums
+  ``avg_pool2d`` computes (dilation 1, padding at most half the kernel): an autograd function whose forward
+  and backward are one C++ call each (weight normalisation, convolutions, window sums and the element-wise
+  work in fused loops);
+* otherwise a hand-written autograd function for eager execution, which runs the element-wise work in place,
+  keeps only the input, the normalised weight, the output and two per-location maps for backward, and skips
+  the work for gradients nobody asked for; on CPU float32 tensors its element-wise passes are the fused
+  kernels, elsewhere eager torch operations;
 * a composite of native operations, used under ``torch.compile`` (so the compiler can fuse it) and to build
   the graph for double backward (R1 penalties): whenever grad mode is on in ``backward`` (``create_graph``),
-  the autograd function recomputes its forward pass through the composite and differentiates that.
+  the autograd functions recompute their forward pass through the composite and differentiate that.
 
 Numerics: sums of squares, norms, the power and the output are computed in at least float32; under autocast
 only the two big convolutions run in the low-precision dtype. ``eps`` sits inside every square root, so
@@ -324,6 +327,74 @@ class _SCS2dFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_p, grad_q, grad_bias, None, None, None, None, None, None
 
 
+def _normalised(weight: Tensor, eps: float) -> Tensor:
+    """Each output filter of a ``(C_out, C_in / groups, kH, kW)`` weight divided by its norm (``eps`` inside)."""
+    return weight * torch.rsqrt(weight.square().sum((1, 2, 3), keepdim=True) + eps)
+
+
+def _whole_layer_usable(x: Tensor, weight: Tensor, kernel, padding, dilation, conv_dtype: torch.dtype) -> bool:
+    """Whether a layer runs as one C++ call per direction (``_kernels``): CPU float32 without autocast, window
+    sums that ``avg_pool2d`` computes, eager execution, and the kernels built."""
+    return (
+        conv_dtype == torch.float32
+        and weight.dtype == torch.float32
+        and _pool_friendly(kernel, padding, dilation)
+        and not torch.compiler.is_compiling()
+        and _kernels.usable(x)
+    )
+
+
+def _empty_if_none(t: Tensor | None, like: Tensor) -> Tensor:
+    return like.new_empty(0) if t is None else t
+
+
+class _SCS2dLayerFunction(torch.autograd.Function):
+    """SCS2d from the raw weight in one C++ call per direction (weight normalisation included)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, p, q, bias, stride, padding, groups, eps):  # type: ignore[override]
+        empty = x.new_empty(0)
+        y, w_hat, w_scale, inv, norm = _kernels.get().scs2d_forward(
+            x, weight, _empty_if_none(p, empty), q, _empty_if_none(bias, empty), stride, padding, groups, eps
+        )
+        ctx.save_for_backward(x, weight, w_hat, w_scale, p, q, bias, y, inv, norm)
+        ctx.conv = (stride, padding, groups)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        x, weight, w_hat, w_scale, p, q, bias, y, inv, norm = ctx.saved_tensors
+        stride, padding, groups = ctx.conv
+        eps = ctx.eps
+        if torch.is_grad_enabled():
+
+            def composite(x_, w_, p_, q_, b_):
+                w_hat_ = _normalised(w_, eps)
+                return _scs2d_composite(x_, w_hat_, p_, q_, b_, stride, padding, (1, 1), groups, eps, torch.float32)
+
+            grads = _recompute_grads(ctx, composite, (x, weight, p, q, bias), g)
+            return (*grads, None, None, None, None)
+        empty = x.new_empty(0)
+        grads = _kernels.get().scs2d_backward(
+            g,
+            x,
+            w_hat,
+            w_scale,
+            _empty_if_none(p, empty),
+            _empty_if_none(bias, empty),
+            y,
+            inv,
+            norm,
+            stride,
+            padding,
+            groups,
+            eps,
+            [_needs(ctx, i) for i in range(5)],
+        )
+        return (*grads, None, None, None, None)
+
+
 def _resolve_conv_padding(x: Tensor, padding, kernel, stride, dilation) -> tuple[Tensor, tuple[int, int]]:
     """Turn ``padding`` (ints or 'valid'/'same') into symmetric ints, zero-padding ``x`` when asymmetric."""
     if not isinstance(padding, str):
@@ -386,11 +457,13 @@ def sharpened_cosine_similarity2d(
     stride_, dilation_ = _pair(stride, "stride"), _pair(dilation, "dilation")
     input, padding_ = _resolve_conv_padding(input, padding, tuple(weight.shape[2:]), stride_, dilation_)
     conv_dtype, out_dtype = _compute_dtypes(input)
-    w_hat = weight * torch.rsqrt(weight.square().sum((1, 2, 3), keepdim=True) + eps)
-    x, w_hat = input.to(conv_dtype), w_hat.to(conv_dtype)
-    p_t = None if p is None else _as_tensor(p, out_dtype, x.device).expand(weight.shape[0]).contiguous()
-    q_t = _as_tensor(q, out_dtype, x.device).reshape(())
+    p_t = None if p is None else _as_tensor(p, out_dtype, input.device).expand(weight.shape[0]).contiguous()
+    q_t = _as_tensor(q, out_dtype, input.device).reshape(())
     b_t = None if bias is None else bias.to(out_dtype)
+    if _whole_layer_usable(input, weight, tuple(weight.shape[2:]), padding_, dilation_, conv_dtype):
+        y = _SCS2dLayerFunction.apply(input.contiguous(), weight, p_t, q_t, b_t, stride_, padding_, groups, eps)
+        return y.squeeze(0) if unbatched else y
+    x, w_hat = input.to(conv_dtype), _normalised(weight, eps).to(conv_dtype)
     args = (x, w_hat, p_t, q_t, b_t, stride_, padding_, dilation_, groups, eps, out_dtype)
     with torch.autocast(x.device.type, enabled=False):
         y = _scs2d_composite(*args) if torch.compiler.is_compiling() else _SCS2dFunction.apply(*args)
@@ -541,6 +614,57 @@ class _SCSTranspose2dFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_w2, grad_p, grad_q, grad_bias, None, None, None, None, None, None, None
 
 
+class _SCSTranspose2dLayerFunction(torch.autograd.Function):
+    """SCSTranspose2d in one C++ call per direction (the squared weight taps included)."""
+
+    @staticmethod
+    def forward(ctx, x, w, p, q, bias, stride, padding, output_padding, groups, eps):  # type: ignore[override]
+        empty = x.new_empty(0)
+        y, w2, inv_x, norm, inv_w = _kernels.get().scst2d_forward(
+            x, w, _empty_if_none(p, empty), q, _empty_if_none(bias, empty), stride, padding, output_padding, groups, eps
+        )
+        ctx.save_for_backward(x, w, w2, p, q, bias, y, inv_x, norm, inv_w)
+        ctx.conv = (stride, padding, output_padding, groups)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        x, w, w2, p, q, bias, y, inv_x, norm, inv_w = ctx.saved_tensors
+        stride, padding, output_padding, groups = ctx.conv
+        eps = ctx.eps
+        if torch.is_grad_enabled():
+
+            def composite(x_, w_, p_, q_, b_):
+                w2_ = _sum_w2_per_group(w_, groups, torch.float32)
+                return _scst2d_composite(
+                    x_, w_, w2_, p_, q_, b_, stride, padding, output_padding, (1, 1), groups, eps, torch.float32
+                )
+
+            grads = _recompute_grads(ctx, composite, (x, w, p, q, bias), g)
+            return (*grads, None, None, None, None, None)
+        empty = x.new_empty(0)
+        grads = _kernels.get().scst2d_backward(
+            g,
+            x,
+            w,
+            w2,
+            _empty_if_none(p, empty),
+            _empty_if_none(bias, empty),
+            y,
+            inv_x,
+            norm,
+            inv_w,
+            stride,
+            padding,
+            output_padding,
+            groups,
+            eps,
+            [_needs(ctx, i) for i in range(5)],
+        )
+        return (*grads, None, None, None, None, None)
+
+
 def _transpose_output_size(in_hw, kernel, stride, padding, output_padding, dilation) -> tuple[int, int]:
     return tuple(  # type: ignore[return-value]
         (n - 1) * s - 2 * p + d * (k - 1) + op + 1
@@ -599,12 +723,17 @@ def sharpened_cosine_similarity_transpose2d(
     if min(out_hw) < 1:
         raise ValueError(f"output size {out_hw} is too small for input {tuple(input.shape)}")
     conv_dtype, out_dtype = _compute_dtypes(input)
+    out_channels = weight.shape[1] * groups
+    p_t = None if p is None else _as_tensor(p, out_dtype, input.device).expand(out_channels).contiguous()
+    q_t = _as_tensor(q, out_dtype, input.device).reshape(())
+    b_t = None if bias is None else bias.to(out_dtype)
+    if _whole_layer_usable(input, weight, tuple(weight.shape[2:]), padding_, dilation_, conv_dtype):
+        y = _SCSTranspose2dLayerFunction.apply(
+            input.contiguous(), weight, p_t, q_t, b_t, stride_, padding_, output_padding_, groups, eps
+        )
+        return y.squeeze(0) if unbatched else y
     x, w = input.to(conv_dtype), weight.to(conv_dtype)
     w2 = _sum_w2_per_group(weight, groups, out_dtype)
-    out_channels = weight.shape[1] * groups
-    p_t = None if p is None else _as_tensor(p, out_dtype, x.device).expand(out_channels).contiguous()
-    q_t = _as_tensor(q, out_dtype, x.device).reshape(())
-    b_t = None if bias is None else bias.to(out_dtype)
     args = (x, w, w2, p_t, q_t, b_t, stride_, padding_, output_padding_, dilation_, groups, eps, out_dtype)
     with torch.autocast(x.device.type, enabled=False):
         y = _scst2d_composite(*args) if torch.compiler.is_compiling() else _SCSTranspose2dFunction.apply(*args)

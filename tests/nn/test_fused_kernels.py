@@ -33,8 +33,18 @@ LAYERS = [
     lambda **kw: SCS2d(4, 6, 3, 2, 1, 1, 2, **kw),
     lambda **kw: SCS2d(3, 8, 3, 1, 1, **kw),
     lambda **kw: SCS2d(1, 4, 4, 2, 1, **kw),
+    lambda **kw: SCS2d(3, 4, 3, 1, 2, 2, **kw),  # dilated: the per-op path with the fused kernels
     lambda **kw: SCSTranspose2d(4, 6, 4, 2, 1, 0, 2, **kw),
     lambda **kw: SCSTranspose2d(3, 8, 3, 1, 0, **kw),
+    lambda **kw: SCSTranspose2d(4, 4, 4, 2, 1, 1, **kw),  # output_padding
+    lambda **kw: SCSTranspose2d(3, 4, 3, 1, 0, dilation=2, **kw),  # dilated: the per-op path
+]
+# The networks' layer shapes (k4 s2 p1, k4 s1 p0) run as one C++ call per direction ("Layer" functions).
+WHOLE_LAYER = [
+    (SCS2d(1, 8, 4, 2, 1), torch.randn(3, 1, 16, 16), "_SCS2dLayerFunctionBackward"),
+    (SCS2d(8, 1, 4, 1, 0), torch.randn(3, 8, 4, 4), "_SCS2dLayerFunctionBackward"),
+    (SCSTranspose2d(16, 8, 4, 1, 0), torch.randn(3, 16, 1, 1), "_SCSTranspose2dLayerFunctionBackward"),
+    (SCSTranspose2d(8, 1, 4, 2, 1), torch.randn(3, 8, 8, 8), "_SCSTranspose2dLayerFunctionBackward"),
 ]
 
 
@@ -57,6 +67,37 @@ def test_fused_kernels_match_the_eager_layers(kernel_mode, make, sharpen, bias):
     y_eager, g_eager = _forward_backward(layer, x)
     torch.testing.assert_close(y_fused, y_eager, rtol=1e-5, atol=1e-6)
     for a, b in zip(g_fused, g_eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item() + 1e-7)
+
+
+@pytest.mark.parametrize("layer,x,function", WHOLE_LAYER)
+def test_network_layers_run_as_one_call_per_direction_and_match_eager(kernel_mode, layer, x, function):
+    kernel_mode("fused")
+    y = layer(x.requires_grad_())
+    assert type(y.grad_fn).__name__ == function
+    y_fused, g_fused = _forward_backward(layer, x)
+    kernel_mode("eager")
+    y_eager, g_eager = _forward_backward(layer, x)
+    assert type(layer(x).grad_fn).__name__ != function
+    torch.testing.assert_close(y_fused, y_eager, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_fused, g_eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item() + 1e-7)
+
+
+def _r1_grads(layer, x):
+    """The gradient of an R1-like penalty (squared input gradient) with respect to the layer's parameters."""
+    x = x.clone().requires_grad_()
+    (grad_x,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    return torch.autograd.grad(grad_x.square().sum(), list(layer.parameters()))
+
+
+@pytest.mark.parametrize("layer,x,function", WHOLE_LAYER)
+def test_network_layers_differentiate_twice_like_eager(kernel_mode, layer, x, function):
+    """R1 penalties differentiate D twice: the one-call layers recompute through the composite as the others do."""
+    kernel_mode("fused")
+    fused = _r1_grads(layer, x)
+    kernel_mode("eager")
+    for a, b in zip(fused, _r1_grads(layer, x), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item() + 1e-7)
 
 
