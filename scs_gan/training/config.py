@@ -29,6 +29,9 @@ class TrainConfig:
         batch: images per optimiser step over all processes; batch_gpu: per process and micro-batch
             (default: batch / processes); gradients are accumulated exactly over the micro-batches.
         g_lr, d_lr, betas: Adam settings (1e-3 measured better than 5e-4 and 2e-4 for the SCS-GAN and the DCGAN alike).
+        lr_rampdown: the fraction of the run, at its end, over which both learning rates fall linearly to
+            zero (0 = constant). The schedule follows ``kimg``: extending a run on resume moves the ramp-down
+            to the new end.
         pq_lr_mul: learning-rate multiplier for the SCS exponents and norm floors (``p_raw``, ``q_raw``): Adam
             moves each by about the learning rate per step, so without it they barely leave their initial values.
         loss: ``logistic`` (non-saturating) or ``hinge``.
@@ -67,6 +70,7 @@ class TrainConfig:
     g_lr: float = 1e-3
     d_lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    lr_rampdown: float = 0.0
     pq_lr_mul: float = 1.0
     loss: Literal["logistic", "hinge"] = "logistic"
     r1_gamma: float = 0.0
@@ -138,6 +142,8 @@ class RunConfig:
             raise UserError(f"train.betas must be two numbers in [0, 1), got {t.betas}")
         if t.g_lr <= 0 or t.d_lr <= 0 or t.pq_lr_mul <= 0:
             raise UserError("train.g_lr, train.d_lr and train.pq_lr_mul must be positive")
+        if not 0 <= t.lr_rampdown < 1:
+            raise UserError(f"train.lr_rampdown must be in [0, 1), got {t.lr_rampdown}")
         if t.r1_gamma < 0 or t.r1_interval < 1:
             raise UserError("train.r1_gamma must be >= 0 and train.r1_interval >= 1")
         if len(set(t.augment)) != len(t.augment):

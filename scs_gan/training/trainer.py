@@ -72,10 +72,26 @@ def param_groups(module: nn.Module, lr: float, pq_lr_mul: float) -> list[dict[st
     pq, rest = [], []
     for name, param in module.named_parameters():
         (pq if name.endswith(("p_raw", "q_raw")) else rest).append(param)
-    groups = [{"params": rest, "lr": lr}]
+    groups = [{"params": rest, "lr": lr, "base_lr": lr}]
     if pq:
-        groups.append({"params": pq, "lr": lr * pq_lr_mul})
+        groups.append({"params": pq, "lr": lr * pq_lr_mul, "base_lr": lr * pq_lr_mul})
     return groups
+
+
+def lr_factor(cur_nimg: int, kimg: float, rampdown: float) -> float:
+    """The learning rates' multiplier after ``cur_nimg`` images: 1, then falling linearly to 0 over the last
+    ``rampdown`` fraction of ``kimg`` (constant 1 when ``rampdown`` is 0)."""
+    if rampdown <= 0:
+        return 1.0
+    remaining = 1.0 - cur_nimg / (kimg * 1000)
+    return max(0.0, min(1.0, remaining / rampdown))
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Scale every parameter group's learning rate to ``factor`` times its base rate (checkpoints from before
+    the schedule existed kept a constant rate, which is their base)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
 
 
 def nimg_label(nimg: int) -> str:
@@ -378,6 +394,10 @@ class Trainer:
         do_r1 = t.r1_gamma > 0 and p.step % t.r1_interval == 0
         check_grads = t.mixed_precision != "fp16"  # under fp16 the gradient scaler skips inf steps itself
         yes = torch.ones((), dtype=torch.bool)
+        # the rate of this step is that at its first image; the last step is the one that ends near 0
+        factor = lr_factor(p.cur_nimg, t.kimg, t.lr_rampdown)
+        set_learning_rates(self.opt_D, factor)
+        set_learning_rates(self.opt_G, factor)
         # each phase reads the device once (losses, the augmentation statistic, finiteness, the stop signal)
         loss_d, r1, signs = self._d_step(self._micro_batches(), do_r1)
         (loss_d, r1, signs), (ok_d, no_signal) = _read_phase(

@@ -23,7 +23,7 @@ from scs_gan.training.config import RunConfig, given_keys, load_config, merge_fo
 from scs_gan.training.ema import ema_beta, update_ema
 from scs_gan.training.losses import d_loss, g_loss, r1_loss, r1_penalty
 from scs_gan.training.rundir import create_run_dir, keep_previous
-from scs_gan.training.trainer import apply_step, param_groups
+from scs_gan.training.trainer import apply_step, lr_factor, param_groups, set_learning_rates
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,6 +89,7 @@ def test_config_file_errors(tmp_path):
         ("train.kimg=.inf", "train.kimg must be a finite number"),
         ("train.g_lr=.nan", "train.g_lr must be a finite number"),
         ("train.pq_lr_mul=.inf", "train.pq_lr_mul must be a finite number"),
+        ("train.lr_rampdown=1", "train.lr_rampdown must be in [0, 1)"),
         ("train.kimg=-1", "must be positive"),
         ("train.ema_kimg=-5", "train.ema_kimg must be >= 0"),
         ("train.ema_rampup=-1", "train.ema_rampup positive"),
@@ -264,6 +265,39 @@ def test_p_and_q_get_their_own_learning_rate():
     conv = ModelConfig()
     conv.g.kind = "conv"
     assert len(param_groups(build_generator(conv, 32, 1), 2e-4, 20.0)) == 1
+
+
+def test_the_learning_rate_ramp_down():
+    assert [lr_factor(n, 10, 0.0) for n in (0, 5000, 9999)] == [1.0, 1.0, 1.0]
+    assert [lr_factor(n, 10, 0.5) for n in (0, 5000, 7500, 10000)] == pytest.approx([1.0, 1.0, 0.5, 0.0])
+    assert lr_factor(12000, 10, 0.5) == 0.0  # past the end (a shortened run) stays at zero, never negative
+
+
+def test_a_run_with_a_ramp_down_steps_at_the_scheduled_rates(tmp_path):
+    """Both optimisers (every parameter group, p/q included) follow the schedule; a run without one keeps
+    its rates, and a checkpoint from before the schedule existed (no base rate saved) keeps its own rate."""
+    from scs_gan.training import Trainer
+
+    overrides = [f"train.runs_dir={tmp_path}", "train.batch=8", "train.kimg=0.08", "metrics.names=[]"]
+    config = load_config(REPO / "configs" / "smoke.yaml", [*overrides, "train.lr_rampdown=0.5", "train.pq_lr_mul=3"])
+    trainer = Trainer(config)
+    trainer.log.stream = None
+    try:
+        seen = []
+        for _ in range(10):
+            trainer.step()
+            seen.append([g["lr"] for opt in (trainer.opt_D, trainer.opt_G) for g in opt.param_groups])
+        base = [config.train.d_lr, config.train.d_lr * 3, config.train.g_lr, config.train.g_lr * 3]
+        # step k starts at image 8k of 80: full rate up to image 40, then 1 - (8k/80 - 0.5) / 0.5
+        for k, rates in enumerate(seen):
+            assert rates == pytest.approx([b * min(1.0, (1 - 8 * k / 80) / 0.5) for b in base])
+        for group in trainer.opt_G.param_groups:
+            del group["base_lr"]  # as loaded from an older checkpoint
+            group["lr"] = 1e-4
+        set_learning_rates(trainer.opt_G, 1.0)
+        assert [g["lr"] for g in trainer.opt_G.param_groups] == [1e-4, 1e-4]
+    finally:
+        trainer.close()
 
 
 def test_a_skipped_fp16_step_backs_the_gradient_scale_off():
