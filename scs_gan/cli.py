@@ -408,13 +408,16 @@ def _add_study(subparsers) -> None:
     p.add_argument("--out", default="studies/study", help="where runs and results go")
     p.add_argument("--quick", action="store_true", help="a few steps per arm, one width and seed (checks the tooling)")
     p.add_argument("--collect-only", action="store_true", help="train nothing; tabulate the runs finished so far")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="runs trained side by side, each with an equal share of the cores"
+    )
     p.set_defaults(func=_run_study)
 
 
 def _run_study(args: argparse.Namespace) -> int:
     from .study import run_study
 
-    run_study(args.config, args.out, quick=args.quick, collect_only=args.collect_only)
+    run_study(args.config, args.out, quick=args.quick, collect_only=args.collect_only, jobs=args.jobs)
     return 0
 
 

@@ -13,7 +13,7 @@ import pytest
 from scs_gan.config import load_yaml
 from scs_gan.errors import UserError
 from scs_gan.models import build_discriminator, build_generator
-from scs_gan.study import floor_check, load_study, train_overrides
+from scs_gan.study import floor_check, load_study, run_study, train_overrides
 from scs_gan.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,6 +72,12 @@ def test_bad_study_file(tmp_path):
         load_study(tmp_path / "s.yaml")
 
 
+def test_jobs_must_be_positive(tmp_path):
+    with pytest.raises(UserError, match="--jobs must be at least 1"):
+        run_study(STUDY, tmp_path / "s", quick=True, jobs=0)
+    assert not (tmp_path / "s").exists()
+
+
 def test_quick_study_trains_every_arm_and_writes_the_table(tmp_path, fid_weights_file):
     env = {
         **os.environ,
@@ -80,7 +86,8 @@ def test_quick_study_trains_every_arm_and_writes_the_table(tmp_path, fid_weights
         "SCS_GAN_FID_WEIGHTS": fid_weights_file,
     }
     cmd = [sys.executable, "-m", "scs_gan", "study", "--config", str(STUDY), "--out", str(tmp_path / "s"), "--quick"]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=False)
+    # two runs side by side (each with half the cores), as on a 2-core machine
+    result = subprocess.run([*cmd, "--jobs", "2"], capture_output=True, text=True, env=env, timeout=900, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     out = tmp_path / "s"
     table = (out / "table.md").read_text().splitlines()
