@@ -2,11 +2,12 @@
 
 A study file (``configs/study/study.yaml``) lists the arms (each a training config plus overrides), the widths,
 the seeds, the training length and the metrics. Every (arm, width, seed) is one ordinary ``scs-gan train``
-run in a subprocess, so the study measures exactly what users run. Finished runs are reused, so an
-interrupted study continues where it stopped. With ``jobs`` > 1, that many runs train side by side, each
-with an equal share of the cores (on a 2-core CPU two one-thread runs train about 1.2x faster in total than
-one two-thread run, docs/PERFORMANCE.md); the results do not depend on it beyond float rounding of a
-different thread count. The results go to ``results.json``, a Markdown table, a plot of
+run in a subprocess, so the study measures exactly what users run. Finished runs are reused and interrupted
+ones resumed from their last checkpoint, so an interrupted study continues where it stopped; each run's
+output is kept beside it as ``runs/<arm>-w<width>-s<seed>.out``. With ``jobs`` > 1, that many runs train
+side by side, each with an equal share of the threads (on a 2-core CPU two one-thread runs get through more
+images per second together than one two-thread run, docs/PERFORMANCE.md); a run's numbers depend on its
+thread count only through float rounding. The results go to ``results.json``, a Markdown table, a plot of
 FID against parameter count, and the sample grids of each arm.
 """
 
@@ -79,6 +80,14 @@ def _run_name(arm: str, width: int, seed: int) -> str:
     return f"{arm}-w{width}-s{seed}"
 
 
+def _find_unfinished(runs_dir: Path, name: str) -> Path | None:
+    """The newest run directory of ``name`` that has a checkpoint but no final.json (an interrupted run)."""
+    for path in sorted(runs_dir.glob(f"*-{name}"), reverse=True):
+        if not (path / "final.json").is_file() and any((path / "checkpoints").glob("checkpoint-*")):
+            return path
+    return None
+
+
 def _find_run(runs_dir: Path, name: str) -> Path | None:
     for path in sorted(runs_dir.glob(f"*-{name}")):
         if (path / "final.json").is_file():
@@ -116,16 +125,24 @@ def _train(
     existing = _find_run(runs_dir, name)
     if existing is not None:
         return existing
-    overrides = train_overrides(study, arm, width, seed, runs_dir, quick)
-    cmd = [sys.executable, "-m", "scs_gan", "train", "--config", arm.config, *overrides]
-    print(f"study: training {name}", flush=True)
+    unfinished = _find_unfinished(runs_dir, name)
+    if unfinished is not None:  # interrupted: continue from its last checkpoint (bit-exact on one process)
+        cmd = [sys.executable, "-m", "scs_gan", "train", "--resume", str(unfinished)]
+        print(f"study: resuming {name} ({unfinished.name})", flush=True)
+    else:
+        overrides = train_overrides(study, arm, width, seed, runs_dir, quick)
+        cmd = [sys.executable, "-m", "scs_gan", "train", "--config", arm.config, *overrides]
+        print(f"study: training {name}", flush=True)
     env = os.environ.copy()
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        raise UserError(f"study run {name} failed (exit {result.returncode}): {tail[0]}")
+    # the run's output goes to a file, not a pipe: a run outlives a study process that is killed
+    output = runs_dir / f"{name}.out"
+    with output.open("a") as out:
+        returncode = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False, env=env).returncode
+    if returncode != 0:
+        lines = output.read_text(errors="replace").strip().splitlines()
+        raise UserError(f"study run {name} failed (exit {returncode}): {lines[-1] if lines else '(no output)'}")
     found = _find_run(runs_dir, name)
     if found is None:
         raise UserError(f"study run {name} finished without a final.json")

@@ -13,7 +13,7 @@ import pytest
 from scs_gan.config import load_yaml
 from scs_gan.errors import UserError
 from scs_gan.models import build_discriminator, build_generator
-from scs_gan.study import floor_check, load_study, run_study, train_overrides
+from scs_gan.study import _find_unfinished, floor_check, load_study, run_study, train_overrides
 from scs_gan.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,6 +72,20 @@ def test_bad_study_file(tmp_path):
         load_study(tmp_path / "s.yaml")
 
 
+def test_an_interrupted_run_is_found_for_resuming_and_a_finished_or_empty_one_is_not(tmp_path):
+    for folder, files in {
+        "00000-a-w4-s0": ["final.json", "checkpoints/checkpoint-000000100/x"],  # finished
+        "00001-a-w4-s0": ["checkpoints/checkpoint-000000100/x"],  # interrupted after a checkpoint
+        "00002-a-w4-s0": ["log.txt"],  # stopped before its first checkpoint: trained again from scratch
+        "00003-b-w4-s0": ["checkpoints/checkpoint-000000100/x"],
+    }.items():
+        for name in files:
+            (tmp_path / folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / folder / name).write_text("")
+    assert _find_unfinished(tmp_path, "a-w4-s0") == tmp_path / "00001-a-w4-s0"
+    assert _find_unfinished(tmp_path, "a-w4-s1") is None
+
+
 def test_jobs_must_be_positive(tmp_path):
     with pytest.raises(UserError, match="--jobs must be at least 1"):
         run_study(STUDY, tmp_path / "s", quick=True, jobs=0)
@@ -104,6 +118,7 @@ def test_quick_study_trains_every_arm_and_writes_the_table(tmp_path, fid_weights
     assert "| floor |" in table[0] and all(scs_row_floor != "-" for scs_row_floor in _column(table, "floor"))
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert again.returncode == 0 and "training" not in again.stdout  # finished runs are reused
+    assert "done:" in (out / "runs" / "scs-w4-s0.out").read_text()  # each run's output is kept beside it
     (out / "table.md").unlink()
     collect = subprocess.run(
         [*cmd, "--collect-only"], capture_output=True, text=True, env=env, timeout=300, check=False
