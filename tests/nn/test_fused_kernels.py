@@ -150,14 +150,16 @@ def test_a_second_process_loads_the_built_kernels_without_rebuilding():
 
 
 @pytest.mark.skipif(shutil.which("nm") is None, reason="needs binutils' nm to read the kernels' symbols")
-def test_the_sharpening_loops_are_vectorised_on_avx2():
-    """The fused kernels are built with AVX2 and FMA on AVX2 and AVX-512 CPUs alike; their exp/log loops then
-    call glibc's 8-wide AVX2 vector math (libmvec's _ZGVdN8v_expf/_ZGVdN8v_logf). A loop the compiler left
-    scalar would import only expf/logf."""
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+def test_the_sharpening_loops_are_vectorised():
+    """The fused kernels are built for the widest vectors the CPU has; their exp/log loops then call glibc's
+    vector maths: libmvec's 16-wide _ZGVeN16v_expf/logf with AVX-512, the 8-wide _ZGVdN8v_expf/logf with
+    AVX2. A loop the compiler left scalar would import only expf/logf."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in ("AVX2", "AVX512"):
         pytest.skip("the CPU has no AVX2")
     module = _kernels.get()
     if module is None:
         pytest.skip("the fused kernels could not be built here (no compiler)")
     symbols = subprocess.run(["nm", "-D", module.__file__], capture_output=True, text=True, check=True).stdout
-    assert "_ZGVdN8v_expf" in symbols and "_ZGVdN8v_logf" in symbols
+    prefix = "_ZGVeN16v_" if capability == "AVX512" else "_ZGVdN8v_"
+    assert f"{prefix}expf" in symbols and f"{prefix}logf" in symbols
