@@ -30,8 +30,10 @@ class TrainConfig:
             (default: batch / processes); gradients are accumulated exactly over the micro-batches.
         g_lr, d_lr, betas: Adam settings (1e-3 measured better than 5e-4 and 2e-4 for the SCS-GAN and the DCGAN alike).
         lr_rampdown: the fraction of the run, at its end, over which both learning rates fall linearly to
-            zero (0 = constant). The schedule follows ``kimg``: extending a run on resume moves the ramp-down
-            to the new end.
+            zero (0 = constant). The default, the last half, measured better than constant rates at the
+            default run's budget (three seeds: docs/RESULTS.md, round 9). The schedule follows ``kimg``:
+            extending a run on resume moves the ramp-down to the new end, so only a run with constant rates
+            extended on resume equals one trained that long from the start.
         pq_lr_mul: learning-rate multiplier for the SCS exponents and norm floors (``p_raw``, ``q_raw``): Adam
             moves each by about the learning rate per step, so without it they barely leave their initial values.
         loss: ``logistic`` (non-saturating) or ``hinge``.
@@ -70,7 +72,7 @@ class TrainConfig:
     g_lr: float = 1e-3
     d_lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
-    lr_rampdown: float = 0.0
+    lr_rampdown: float = 0.5
     pq_lr_mul: float = 1.0
     loss: Literal["logistic", "hinge"] = "logistic"
     r1_gamma: float = 0.0

@@ -90,8 +90,9 @@ def test_run_directory_contents(tmp_path):
 
 
 def test_resume_after_finishing_equals_one_longer_run(tmp_path):
-    assert train(tmp_path, "train.kimg=2", runs="full").returncode == 0
-    assert train(tmp_path, "train.kimg=1", runs="split").returncode == 0
+    # constant learning rates: a ramp-down follows train.kimg, so an extended run would ramp down differently
+    assert train(tmp_path, "train.kimg=2", "train.lr_rampdown=0", runs="full").returncode == 0
+    assert train(tmp_path, "train.kimg=1", "train.lr_rampdown=0", runs="split").returncode == 0
     result = train(tmp_path, "--resume", "latest", "train.kimg=2", runs="split")
     assert result.returncode == 0, result.stderr
     assert_bitwise_equal(final_state(only_run(tmp_path, "full")), final_state(only_run(tmp_path, "split")))
@@ -116,8 +117,8 @@ def test_resume_honours_options_equal_to_their_defaults(tmp_path):
 def runs_3_and_2_kimg(tmp_path_factory) -> Path:
     """A 3-kimg smoke run ("full") and a 2-kimg one ("cut"), trained once for the tests that damage copies."""
     folder = tmp_path_factory.mktemp("reference")
-    assert train(folder, "train.kimg=3", runs="full").returncode == 0
-    assert train(folder, "train.kimg=2", runs="cut").returncode == 0
+    assert train(folder, "train.kimg=3", "train.lr_rampdown=0", runs="full").returncode == 0  # extended later
+    assert train(folder, "train.kimg=2", "train.lr_rampdown=0", runs="cut").returncode == 0
     return folder
 
 
@@ -212,6 +213,7 @@ def test_adaptive_augmentation_resumes_bit_exactly(tmp_path):
         "train.ada_kimg=5",
         "train.r1_gamma=1",
         "train.r1_interval=4",
+        "train.lr_rampdown=0",  # extended on resume below
     ]
     assert train(tmp_path, "train.kimg=2", *aug, runs="full").returncode == 0
     assert train(tmp_path, "train.kimg=1", *aug, runs="split").returncode == 0
