@@ -55,7 +55,9 @@ def test_every_study_file_resolves_for_every_run(name, tmp_path):
                 own = next((o for o in arm.overrides if o.startswith(f"model.{net}.channels=")), None)
                 expected = int(own.split("=")[1]) if own else width
                 assert getattr(config.model, net).channels == expected
-            assert config.train.kimg == study.kimg
+            # and its length (recipe9.yaml has a half-length arm)
+            own_kimg = next((o for o in arm.overrides if o.startswith("train.kimg=")), None)
+            assert config.train.kimg == (float(own_kimg.split("=")[1]) if own_kimg else study.kimg)
             build_generator(config.model, config.data.resolution, config.data.channels)
             build_discriminator(config.model, config.data.resolution, config.data.channels)
 
