@@ -56,7 +56,7 @@ class StudyConfig:
     overrides: list[str] = field(default_factory=list)
 
 
-QUICK = {"widths": [4], "seeds": [0], "kimg": 0.25, "metrics": ["fid16_16", "kid16_16", "pr16_16"]}
+QUICK = {"widths": [4], "seeds": [0], "kimg": 0.25, "metrics": ["fid10_10", "kid10_10", "pr10_10"]}
 
 
 def load_study(path: str | Path, quick: bool = False) -> StudyConfig:

@@ -192,7 +192,7 @@ def test_python_api_and_hub_layout(snapshot, tmp_path):
 # ---------------------------------------------------------------------------------------- runs, report
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # with the xdist group below: trained once, on one test process
 def two_runs(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("runs")
     env = {"SCS_GAN_CACHE": str(root / "cache")}
@@ -210,6 +210,7 @@ def two_runs(tmp_path_factory) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.name[0].isdigit())
 
 
+@pytest.mark.xdist_group("two_runs")
 def test_report_is_self_contained_and_overlays_runs(two_runs, tmp_path):
     # a metric file as training writes it, so the FID plot has something to draw
     floor = {"value": 45.5, "subset": "20 other reals"}
@@ -254,6 +255,7 @@ def _chromium() -> str | None:
 
 
 @pytest.mark.skipif(_chromium() is None, reason="no Chromium installed (apt install chromium)")
+@pytest.mark.xdist_group("two_runs")
 def test_report_renders_in_a_real_headless_browser(two_runs, tmp_path):
     out = tmp_path / "report.html"
     assert cli("report", *map(str, two_runs), "--out", str(out)).returncode == 0

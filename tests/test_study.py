@@ -112,11 +112,11 @@ def test_quick_study_trains_every_arm_and_writes_the_table(tmp_path, fid_weights
         assert any(line.startswith(f"| {label}") for line in table), label
     results = json.loads((out / "results.json").read_text())
     scs = next(r for r in results["records"] if r["arm"] == "scs")
-    assert scs["p"] and all(v >= 1.0 for v in scs["p"].values()) and "fid16_16" in scs["metrics"]
+    assert scs["p"] and all(v >= 1.0 for v in scs["p"].values()) and "fid10_10" in scs["metrics"]
     assert (out / "fid_vs_params.png").is_file() and len(list((out / "samples").glob("*.png"))) == 5
     # the real-vs-real floor is below every trained run's FID, and the table shows it beside the FID
-    assert "fid16_16 is above its real-vs-real floor in all 5 runs" in result.stdout
-    assert results["floor_check"] == "fid16_16 is above its real-vs-real floor in all 5 runs"
+    assert "fid10_10 is above its real-vs-real floor in all 5 runs" in result.stdout
+    assert results["floor_check"] == "fid10_10 is above its real-vs-real floor in all 5 runs"
     assert "| floor |" in table[0] and all(scs_row_floor != "-" for scs_row_floor in _column(table, "floor"))
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert again.returncode == 0 and "training" not in again.stdout  # finished runs are reused

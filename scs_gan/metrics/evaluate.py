@@ -50,10 +50,12 @@ from ..errors import UserError
 from ..images import to_uint8
 from ..io import atomic_write, atomic_write_text, cache_dir
 from ..latents import latents_for_seeds
-from .inception import InceptionFeatures, make_fid, make_inception_score, make_kid
 from .manifold import density_coverage, knn_squared_radii, precision_recall
 from .protocol import MetricSpec, parse_metric
 from .weights import weights_id
+
+# `.inception` (and with it torchmetrics, which takes seconds to import) is imported inside the functions that
+# use it, so that training without metrics, generation and the other commands start faster
 
 PROTOCOL_VERSION = 1
 FEATURE = 2048
@@ -163,11 +165,13 @@ class Evaluator:
         progress: bool = True,
         floors: bool = False,
     ) -> None:
+        from . import inception
+
         self.dataset, self.device, self.progress, self.floors = dataset, torch.device(device), progress, floors
         self.batch = batch or (8 if self.device.type == "cpu" else 128)
         self.weights_source, self.weights_id = weights_source, weights_id(state)
         self.logits_weight = _logits_weight(state)
-        self.features = InceptionFeatures(state, FEATURE, batch=self.batch).to(self.device)
+        self.features = inception.InceptionFeatures(state, FEATURE, batch=self.batch).to(self.device)
         # channels_last lets oneDNN pick its fastest kernels: about 2x on CPU, same results to float noise
         self.features.net.to(memory_format=torch.channels_last)
 
@@ -461,9 +465,11 @@ class Evaluator:
 
     def _inception_score(self, fakes: Tensor) -> tuple[float, float]:
         """Mean and std over splits of the Inception Score of the features ``fakes`` (all of them)."""
+        from . import inception
+
         device = self.device
         weight = self.logits_weight.to(device)
-        metric = make_inception_score(len(weight), IS_SPLITS).to(device)
+        metric = inception.make_inception_score(len(weight), IS_SPLITS).to(device)
         for chunk in fakes.split(256):
             metric.update(chunk.to(device) @ weight.T)  # torch-fidelity's logits_unbiased: the fc layer, no bias
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -472,16 +478,18 @@ class Evaluator:
         return float(mean), float(std)
 
     def _compute(self, spec: MetricSpec, my_reals: Tensor, my_fakes: Tensor, num_real: int):
+        from . import inception
+
         device = self.device
         if spec.kind == "fid":
-            metric = make_fid(FEATURE).to(device)
+            metric = inception.make_fid(FEATURE).to(device)
             for chunk in my_reals.split(256):
                 metric.update(chunk.to(device), real=True)
             for chunk in my_fakes.split(256):
                 metric.update(chunk.to(device), real=False)
             return float(metric.compute()), None
         subset, subsets_differ = kid_subset(spec.num_fake, num_real)
-        metric = make_kid(FEATURE, subset_size=subset).to(device)
+        metric = inception.make_kid(FEATURE, subset_size=subset).to(device)
         metric.update(my_reals.to(device), real=True)
         metric.update(my_fakes.to(device), real=False)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

