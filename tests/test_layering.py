@@ -103,3 +103,17 @@ def test_the_readme_layout_names_every_part_of_the_package():
     parts += [p.name for p in (PACKAGE / "training").glob("*.py") if not p.name.startswith("__")]
     missing = [p for p in parts if p not in layout]
     assert not missing, f"README's layout does not mention {missing}"
+
+
+def test_training_and_generation_start_without_torchmetrics():
+    """torchmetrics (with torchvision and scipy behind it) takes seconds to import: only scoring loads it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, scs_gan.cli, scs_gan.training, scs_gan.generate, scs_gan.metrics.weights, "
+        "scs_gan.metrics.evaluate;"
+        "print(sorted(m for m in ('torchmetrics', 'torchvision', 'scipy') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
