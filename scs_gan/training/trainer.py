@@ -220,6 +220,7 @@ class Trainer:
         )
         self.progress = Progress()
         self.compiled: CompiledSteps | None = None  # built on first use when train.compile is on
+        self._fakes: list[Tensor] = []  # with train.share_fakes: the D step's fakes, with G's graph, for the G step
         self.strength = AdaptiveStrength(t.augment_p, t.ada_target, t.ada_interval, t.ada_kimg) if t.augment else None
         self.grid_latents = latents_for_seeds(range(t.grid_seeds), config.model.z_dim, acc.device)
         self.evaluator = self._make_evaluator()
@@ -342,11 +343,19 @@ class Trainer:
         # AOTAutograd-compiled graphs do not support: R1 steps run D eagerly
         d_losses = self._d_losses if compiled is None or do_r1 else compiled.d_losses
         losses, penalties, signs = [], [], []
+        self._fakes = []
         for i, real in enumerate(reals):
             sync = contextlib.nullcontext() if i == len(reals) - 1 else acc.no_sync(self.D)
             with sync:
-                with torch.no_grad():
-                    fake = generate(self._z())
+                if t.share_fakes:
+                    # kept, with G's graph, for the G step; DDP must not expect G's backward before that (its
+                    # gradients are averaged over processes by _average_g_gradients instead)
+                    with acc.no_sync(self.G):
+                        fake = generate(self._z())
+                    self._fakes.append(fake)
+                else:
+                    with torch.no_grad():
+                        fake = generate(self._z())
                 if do_r1:
                     real = real.detach().requires_grad_(True)
                 # R1 differentiates through the augmentation; reals are augmented first, then fakes
@@ -367,17 +376,31 @@ class Trainer:
         compiled = self._compiled_steps()
         generate, loss_of = (self.G, self._g_loss) if compiled is None else (compiled.generate, compiled.g_loss)
         losses = []
+        shared, self._fakes = self._fakes, []
         self.D.requires_grad_(False)
         try:
             for i in range(self.accum):
-                sync = contextlib.nullcontext() if i == self.accum - 1 else acc.no_sync(self.G)
+                sync = contextlib.nullcontext() if i == self.accum - 1 and not shared else acc.no_sync(self.G)
                 with sync, acc.no_sync(self.D):
-                    loss = loss_of(self._augment(generate(self._z())))
+                    fake = shared[i] if shared else generate(self._z())
+                    loss = loss_of(self._augment(fake))
                     acc.backward(loss / self.accum)
                     losses.append(loss.detach())
         finally:
             self.D.requires_grad_(True)
+        if shared:
+            self._average_g_gradients()
         return torch.stack(losses).mean()
+
+    def _average_g_gradients(self) -> None:
+        """Average G's gradients over processes in one reduction (what DDP does in backward when G's forward
+        ran in sync mode; with shared fakes every G forward runs under ``no_sync``)."""
+        if self.accelerator.num_processes == 1:
+            return
+        grads = [p.grad for p in self.G.parameters() if p.grad is not None]
+        flat = self.accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+        for grad, mean in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+            grad.copy_(mean.view_as(grad))
 
     def _sync_buffers(self) -> None:
         """Average the floating-point buffers (batch-norm statistics) of G and D over processes."""

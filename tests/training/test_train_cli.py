@@ -335,8 +335,18 @@ def test_nan_guard_skips_counts_and_stops_with_a_checkpoint(tmp_path):
     assert progress["nan_skips"] >= 5 and progress["consecutive_bad"] == 5
 
 
-@pytest.mark.parametrize("kind", ["scs", "cosine", "conv"])
-def test_two_processes_under_accelerate_end_identical(tmp_path, kind):
+@pytest.mark.parametrize(
+    "kind,extra,split",
+    [
+        ("scs", (), "8 per process x 2 x 1"),
+        ("cosine", (), "8 per process x 2 x 1"),
+        ("conv", (), "8 per process x 2 x 1"),
+        # G's gradients are averaged by the trainer, not by DDP, when the G step reuses the D step's fakes
+        ("scs", ("train.share_fakes=true", "train.batch_gpu=4"), "4 per process x 2 x 2"),
+    ],
+    ids=["scs", "cosine", "conv", "scs-shared-fakes-accumulated"],
+)
+def test_two_processes_under_accelerate_end_identical(tmp_path, kind, extra, split):
     """Every arm, the DCGAN's batch norm included, ends with identical replicas (weights and buffers)."""
     cmd = [
         *TWO_PROCESS_LAUNCH,
@@ -351,6 +361,7 @@ def test_two_processes_under_accelerate_end_identical(tmp_path, kind):
         "train.kimg=1" if kind == "scs" else "train.kimg=0.5",
         "train.r1_gamma=1",
         "train.r1_interval=4",
+        *extra,
     ]
     environment = {**env(tmp_path), "ACCELERATE_USE_CPU": "true"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=environment, check=False)
@@ -358,7 +369,7 @@ def test_two_processes_under_accelerate_end_identical(tmp_path, kind):
     run = only_run(tmp_path)
     final = json.loads((run / "final.json").read_text())
     assert final["processes"] == 2 and final["replicas_identical"] is True
-    assert "2 process(es) on cpu, batch 16 = 8 per process x 2" in (run / "log.txt").read_text()
+    assert f"2 process(es) on cpu, batch 16 = {split} accumulation" in (run / "log.txt").read_text()
     stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
     assert all(s["r1"] is not None for s in stats)
 

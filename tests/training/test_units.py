@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import scs_gan
 from scs_gan.config import dump_yaml, from_dict, load_yaml, to_dict
@@ -401,3 +402,58 @@ def test_a_training_step_reads_the_device_once_per_phase(tmp_path, monkeypatch):
     finally:
         monkeypatch.undo()
         trainer.close()
+
+
+def test_shared_fakes_train_exactly_as_regenerating_the_same_latents(tmp_path, monkeypatch):
+    """``train.share_fakes``: one G forward per micro-batch and step, and the same updates as the two-forward
+    step given the same latents in both phases (two accumulated micro-batches, R1 on every other step)."""
+    from scs_gan.training import Trainer
+
+    overrides = [
+        f"train.runs_dir={tmp_path}",
+        "train.batch=8",
+        "train.batch_gpu=4",
+        "metrics.names=[]",
+        "train.r1_gamma=1",
+        "train.r1_interval=2",
+    ]
+    latents = [torch.randn(4, 16, generator=torch.Generator().manual_seed(i)) for i in range(8)]
+    params, forwards = {}, {}
+    for share in (False, True):  # one after the other: both draw their augmentations from the global RNG
+        config = load_config(REPO / "configs" / "smoke.yaml", [*overrides, f"train.share_fakes={str(share).lower()}"])
+        trainer = Trainer(config)
+        trainer.log.stream = None
+        calls = iter(range(10**6))
+        if share:
+            monkeypatch.setattr(trainer, "_z", lambda c=calls: latents[next(c)])
+        else:  # each step's D phase draws latents 2k, 2k+1, and its G phase draws the same two again
+            monkeypatch.setattr(trainer, "_z", lambda c=calls: latents[(n := next(c)) // 4 * 2 + n % 2])
+        forwards[share] = []
+        trainer.G.register_forward_hook(lambda *_, f=forwards[share]: f.append(1))
+        try:
+            for _ in range(4):
+                trainer.step()
+            params[share] = {
+                f"{m}.{k}": v.detach().clone() for m in ("G", "D") for k, v in getattr(trainer, m).named_parameters()
+            }
+        finally:
+            trainer.close()
+    assert len(forwards[False]) == 4 * 2 * 2 and len(forwards[True]) == 4 * 2
+    for name, value in params[False].items():
+        torch.testing.assert_close(params[True][name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_saved_config_without_a_later_option_keeps_the_maths_it_trained_with(tmp_path):
+    """A run saved before ``train.lr_rampdown`` or ``train.share_fakes`` existed resumes (and is recorded)
+    with constant rates and two G forwards, not with today's defaults; a saved value is honoured."""
+    from scs_gan.training.config import load_run_config
+
+    data = to_dict(RunConfig())
+    del data["train"]["lr_rampdown"], data["train"]["share_fakes"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    old = load_run_config(tmp_path)
+    assert old.train.lr_rampdown == 0.0 and old.train.share_fakes is False
+    data["train"].update(lr_rampdown=0.25, share_fakes=True)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    new = load_run_config(tmp_path)
+    assert new.train.lr_rampdown == 0.25 and new.train.share_fakes is True
