@@ -180,12 +180,23 @@ def scan_images(path: str | os.PathLike, only: set[str] | None = None) -> ImageF
     digest = hashlib.sha256(f"{FINGERPRINT_VERSION}:{DECODER_VERSION}".encode())
     if stat.S_ISDIR(root_mode):
         entries = []
-        for dirpath, dirnames, filenames in os.walk(root):
+        unreadable: list[OSError] = []  # a folder os.walk cannot list would silently leave its images out
+        for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable.append):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for filename in filenames:
                 if filename.lower().endswith(IMAGE_EXTENSIONS) and not filename.startswith("."):
                     full = Path(dirpath) / filename
                     entries.append(full.relative_to(root).as_posix())
+        if unreadable:
+            error = unreadable[0]
+            where = Path(error.filename or root)
+            if where == root:
+                raise UserError(f"data.path {shown!r} cannot be listed ({error.strerror}); fix its permissions")
+            sub = printable(where.relative_to(root).as_posix())
+            raise UserError(
+                f"data.path {shown!r} has a subfolder that cannot be listed, {sub!r} ({error.strerror}); fix its "
+                "permissions or move it out of the data folder"
+            )
         names = tuple(sorted(n for n in entries if only is None or Path(n).name in only))
         for name in names:
             digest.update(os.fsencode(name) + b"\0" + _file_state(root / name) + b"\n")

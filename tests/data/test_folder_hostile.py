@@ -415,3 +415,37 @@ def test_a_hostile_data_path_is_one_clear_error(tmp_path, make, message):
     with pytest.raises(UserError) as raised:
         _load(path)
     assert str(raised.value).startswith(f"data.path {str(path)!r} {message}")
+
+
+@pytest.mark.parametrize("which", ["subfolder", "root"])
+def test_a_folder_that_cannot_be_listed_is_one_clear_error_not_fewer_images(tmp_path, monkeypatch, which):
+    """os.walk skips a folder it cannot list unless asked: the load would silently train on fewer images.
+    chmod makes the folder unlistable for a normal user; root (as in CI containers) ignores the mode, so there
+    ``os.scandir`` (what os.walk lists with) fails on it with the PermissionError a normal user gets."""
+    root = tmp_path / "data"
+    _write_good_pngs(root)
+    _write_good_pngs(root / "b" / "locked")
+    locked = root if which == "root" else root / "b" / "locked"
+    locked.chmod(0o000)
+    if os.geteuid() == 0:
+        real_scandir = os.scandir
+
+        def scandir(path="."):
+            if Path(path).resolve() == locked.resolve():
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real_scandir(path)
+
+        monkeypatch.setattr(os, "scandir", scandir)
+    try:
+        with pytest.raises(UserError) as raised:
+            _load(root)
+    finally:
+        locked.chmod(0o755)
+    denied = os.strerror(errno.EACCES)
+    if which == "root":
+        assert str(raised.value) == f"data.path {str(root)!r} cannot be listed ({denied}); fix its permissions"
+    else:
+        assert str(raised.value) == (
+            f"data.path {str(root)!r} has a subfolder that cannot be listed, 'b/locked' ({denied}); fix its "
+            "permissions or move it out of the data folder"
+        )
