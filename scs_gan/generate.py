@@ -259,23 +259,40 @@ def write_grid(
     save_image(grid.permute(1, 2, 0).numpy(), path)
 
 
+def _save_mp4(frames: list[np.ndarray], path: Path, fps: float) -> None:
+    """H.264 MP4 through imageio-ffmpeg's bundled ffmpeg, written atomically (the container is named with
+    ``-f mp4``: the temporary file's suffix is not ``.mp4``)."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise UserError("writing MP4 needs an encoder: pip install imageio-ffmpeg (or write a .gif)") from None
+    rgb = [np.ascontiguousarray(f if f.shape[2] == 3 else np.repeat(f, 3, axis=2)) for f in frames]
+    height, width = rgb[0].shape[:2]
+
+    def write(tmp: Path) -> None:
+        writer = imageio_ffmpeg.write_frames(
+            str(tmp), (width, height), fps=fps, macro_block_size=2, output_params=["-f", "mp4"]
+        )
+        writer.send(None)  # start ffmpeg
+        try:
+            for frame in rgb:
+                writer.send(frame)
+        finally:
+            writer.close()
+
+    try:
+        atomic_write(path, write)
+    except Exception as error:
+        if isinstance(error, OSError) and error.errno is not None:  # the file: read-only, in the way, disk full
+            raise UserError(f"cannot write {path} ({error.strerror})") from None
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]  # the encoder's first line
+        raise UserError(f"could not write {path} ({reason}); write a .gif instead") from None
+
+
 def save_animation(frames: list[np.ndarray], path: Path, fps: float = 15.0) -> None:
     """Write frames (uint8 ``(H, W, C)``) as a looping GIF, or as MP4 when the suffix asks for it (``fps`` > 0)."""
     if path.suffix.lower() == ".mp4":
-        try:
-            import imageio.v2 as imageio
-        except ImportError:
-            raise UserError(
-                "writing MP4 needs an encoder: pip install imageio imageio-ffmpeg (or write a .gif)"
-            ) from None
-        rgb = [f if f.shape[2] == 3 else np.repeat(f, 3, axis=2) for f in frames]
-        try:
-            atomic_write(path, lambda tmp: imageio.mimwrite(tmp, rgb, fps=fps, format="FFMPEG"))
-        except Exception as error:
-            if isinstance(error, OSError) and error.errno is not None:  # the file: read-only, in the way, disk full
-                raise UserError(f"cannot write {path} ({error.strerror})") from None
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]  # the encoder's first line
-            raise UserError(f"could not write {path} ({reason}); pip install imageio-ffmpeg, or write a .gif") from None
+        _save_mp4(frames, path, fps)
         return
     if path.suffix.lower() != ".gif":
         raise UserError(f"--out must end in .gif or .mp4, got {path.name!r}")

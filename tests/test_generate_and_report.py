@@ -325,3 +325,45 @@ def test_a_tracker_that_is_not_installed_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(UserError, match="asks for wandb, which is not installed"):
         trackers.check_installed(["wandb"])
+
+
+def test_interpolation_mp4_has_the_gifs_frames(snapshot, tmp_path):
+    """The MP4 route (the ``video`` extra, imageio-ffmpeg with its bundled ffmpeg) writes the same walk as the
+    GIF, frame for frame, up to the codec's loss, and leaves no temporary file behind."""
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg", reason="the video extra is not installed")
+    walks = {}
+    for suffix in ("gif", "mp4"):
+        out = tmp_path / f"walk.{suffix}"
+        args = ("interpolate", "--snapshot", str(snapshot), "--seeds", "3,14,15", "--frames", "6", "--out", str(out))
+        result = cli(*args)
+        assert result.returncode == 0, result.stderr
+    gif = Image.open(tmp_path / "walk.gif")
+    walks["gif"] = np.stack([np.asarray(gif.seek(i) or gif.convert("RGB")) for i in range(gif.n_frames)])
+    reader = imageio_ffmpeg.read_frames(str(tmp_path / "walk.mp4"))
+    meta = next(reader)
+    assert meta["size"] == (32, 32)
+    walks["mp4"] = np.stack([np.frombuffer(f, np.uint8).reshape(32, 32, 3) for f in reader])
+    gif, mp4 = (walks[k].astype(float) for k in ("gif", "mp4"))
+    assert mp4.shape == gif.shape == (2 * 6 + 1, 32, 32, 3)
+    assert np.abs(mp4 - gif).mean() < 8  # lossy, but the same images in the same order
+    assert np.abs(mp4[::-1] - gif).mean() > 2 * np.abs(mp4 - gif).mean()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_mp4_without_an_encoder_is_one_sentence(snapshot, tmp_path, monkeypatch):
+    import builtins
+
+    from scs_gan.generate import save_animation
+
+    real_import = builtins.__import__
+
+    def no_encoder(name, *args, **kwargs):
+        if name == "imageio_ffmpeg":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_encoder)
+    expected = r"^writing MP4 needs an encoder: pip install imageio-ffmpeg \(or write a \.gif\)$"
+    with pytest.raises(UserError, match=expected):
+        save_animation([np.zeros((32, 32, 1), np.uint8)], tmp_path / "walk.mp4")
+    assert not list(tmp_path.iterdir())
