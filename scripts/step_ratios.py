@@ -1,0 +1,65 @@
+"""Time full training steps of several configurations side by side, as ratios to the first one.
+
+    python scripts/step_ratios.py --steps 25 \
+        --case default \
+        --case share train.share_fakes=true \
+        --case g64 model.g.channels=64
+
+Each ``--case`` is a name followed by dotted overrides of the default configuration. Every case gets its own
+trainer (metrics off, no progress bar); after 3 warm-up steps each, the cases take one step in turn, so a change
+in the host's load falls on all of them alike. It prints the median step time of each case and its ratio to
+the first case. ``scs-gan bench train`` does the same for the three layer kinds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+from scs_gan.errors import UserError
+from scs_gan.training.config import load_config
+from scs_gan.training.trainer import Trainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", nargs="+", action="append", required=True, metavar=("NAME", "OVERRIDE"))
+    parser.add_argument("--steps", type=int, default=25, help="timed steps per case")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per case first")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as runs:
+        trainers: dict[str, Trainer] = {}
+        try:
+            for name, *overrides in args.case:
+                quiet = [f"train.runs_dir={runs}", "train.progress=false", "metrics.names=[]"]
+                config = load_config(None, [*quiet, *overrides])
+                trainers[name] = Trainer(config)
+                trainers[name].log.stream = None
+                for _ in range(args.warmup):
+                    trainers[name].step()
+            times: dict[str, list[float]] = {name: [] for name in trainers}
+            for _ in range(args.steps):
+                for name, trainer in trainers.items():
+                    start = time.perf_counter()
+                    trainer.step()
+                    times[name].append(time.perf_counter() - start)
+        finally:
+            for trainer in trainers.values():
+                trainer.close()
+    print(f"{args.steps} interleaved steps per case after {args.warmup} warm-up, {torch.get_num_threads()} threads")
+    first = statistics.median(next(iter(times.values())))
+    for (name, *overrides), values in zip(args.case, times.values(), strict=True):
+        median = statistics.median(values)
+        print(f"{name:16s} {1e3 * median:7.1f} ms/step  {median / first:5.2f}x  {' '.join(overrides) or '(defaults)'}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as error:
+        sys.exit(f"error: {error}")
