@@ -38,7 +38,7 @@ class TrainConfig:
             moves each by about the learning rate per step, so without it they barely leave their initial values.
         share_fakes: one G forward per step: the G step reuses the D step's fakes (and their graph) against
             the updated D, as the PyTorch DCGAN example does, instead of generating new ones; it saves a
-            no-grad G forward per micro-batch (about 10% of the default step), and with gradient accumulation
+            no-grad G forward per micro-batch (8-15% of the default step), and with gradient accumulation
             it keeps every micro-batch's G graph until the G step.
         loss: ``logistic`` (non-saturating) or ``hinge``.
         r1_gamma: R1 penalty weight (0 = off), applied lazily every r1_interval D steps.
