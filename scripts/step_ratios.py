@@ -8,7 +8,7 @@
 Each ``--case`` is a name followed by dotted overrides of the default configuration. Every case gets its own
 trainer (metrics off, no progress bar); after 3 warm-up steps each, the cases take one step in turn, so a change
 in the host's load falls on all of them alike. It prints the median step time of each case and its ratio to
-the first case. ``scs-gan bench train`` does the same for the three layer kinds.
+the first case. ``scs-gan bench train`` does the same for the three layer kinds (with the same timing loop).
 """
 
 from __future__ import annotations
@@ -16,14 +16,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
-import time
 
 import torch
 
 from scs_gan.errors import UserError
-from scs_gan.training.config import load_config
-from scs_gan.training.trainer import Trainer
+from scs_gan.training.bench import interleaved_step_times
 
 
 def main() -> None:
@@ -32,29 +29,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25, help="timed steps per case")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per case first")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as runs:
-        trainers: dict[str, Trainer] = {}
-        try:
-            for name, *overrides in args.case:
-                quiet = [f"train.runs_dir={runs}", "train.progress=false", "metrics.names=[]"]
-                config = load_config(None, [*quiet, *overrides])
-                trainers[name] = Trainer(config)
-                trainers[name].log.stream = None
-                for _ in range(args.warmup):
-                    trainers[name].step()
-            times: dict[str, list[float]] = {name: [] for name in trainers}
-            for _ in range(args.steps):
-                for name, trainer in trainers.items():
-                    start = time.perf_counter()
-                    trainer.step()
-                    times[name].append(time.perf_counter() - start)
-        finally:
-            for trainer in trainers.values():
-                trainer.close()
+    cases = {name: overrides for name, *overrides in args.case}
+    warmups = {name: max(args.warmup - 1, 0) for name in cases}  # the first step is untimed too
+    times = interleaved_step_times(cases, args.steps, warmups).times
     print(f"{args.steps} interleaved steps per case after {args.warmup} warm-up, {torch.get_num_threads()} threads")
     first = statistics.median(next(iter(times.values())))
-    for (name, *overrides), values in zip(args.case, times.values(), strict=True):
-        median = statistics.median(values)
+    for name, overrides in cases.items():
+        median = statistics.median(times[name])
         print(f"{name:16s} {1e3 * median:7.1f} ms/step  {median / first:5.2f}x  {' '.join(overrides) or '(defaults)'}")
 
 

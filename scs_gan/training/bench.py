@@ -7,10 +7,11 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 
 import torch
 
-from .config import load_config
+from .config import RunConfig, load_config
 from .trainer import Trainer
 
 KINDS = ("scs", "cosine", "conv")
@@ -26,6 +27,49 @@ def _timed_step(trainer: Trainer) -> float:
     return time.perf_counter() - start
 
 
+@dataclass
+class StepTimes:
+    """What :func:`interleaved_step_times` measured: per case, its configuration, the seconds of its first
+    (untimed) step and of its timed steps; and the device the trainers ran on."""
+
+    configs: dict[str, RunConfig]
+    first_step: dict[str, float]
+    times: dict[str, list[float]]
+    device: str
+
+
+def interleaved_step_times(cases: dict[str, list[str]], steps: int, warmups: dict[str, int]) -> StepTimes:
+    """Time full training steps of several configurations side by side.
+
+    ``cases`` maps a name to dotted overrides of the default configuration (metrics and the progress bar are
+    off, runs go to a temporary directory). Each case takes one untimed first step, then ``warmups[name]`` more
+    (default 0); then the cases take ``steps`` steps in turn, so a change in the host's load falls on all of
+    them alike.
+    """
+    first_step: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers: dict[str, Trainer] = {}
+        try:
+            for name, overrides in cases.items():
+                # the steps only: no FID weights to load per case
+                quiet = [f"train.runs_dir={tmp}", "train.progress=false", "metrics.names=[]"]
+                trainers[name] = Trainer(load_config(None, [*quiet, *overrides]))
+                trainers[name].log.stream = None  # quiet
+            times: dict[str, list[float]] = {name: [] for name in cases}
+            for name, trainer in trainers.items():
+                first_step[name] = _timed_step(trainer)
+                for _ in range(warmups.get(name, 0)):
+                    trainer.step()
+            for _ in range(steps):
+                for name, trainer in trainers.items():
+                    times[name].append(_timed_step(trainer))
+        finally:
+            for trainer in trainers.values():
+                trainer.close()
+    configs = {name: trainer.config for name, trainer in trainers.items()}
+    return StepTimes(configs, first_step, times, str(next(iter(trainers.values())).accelerator.device))
+
+
 def run(overrides: list[str] | None = None, steps: int = 30, warmup: int = 3, compile: bool = False) -> list[str]:
     """Measure and return the result lines (overrides apply to every config, e.g. train.batch=128).
 
@@ -37,39 +81,22 @@ def run(overrides: list[str] | None = None, steps: int = 30, warmup: int = 3, co
     overrides = overrides or []
     warmup = max(warmup, 1)  # the first step is always untimed
     cases = [f"{kind}{suffix}" for kind in KINDS for suffix in ("", COMPILED) if compile or not suffix]
-    first_step: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        trainers: dict[str, Trainer] = {}
-        try:
-            for case in cases:
-                kind = case.removesuffix(COMPILED)
-                config = load_config(
-                    None,
-                    [
-                        f"model.g.kind={kind}",
-                        f"model.d.kind={kind}",
-                        f"train.runs_dir={tmp}",
-                        "train.progress=false",
-                        "metrics.names=[]",  # the steps only: no FID weights to load per case
-                        *overrides,
-                        f"train.compile={str(case.endswith(COMPILED)).lower()}",
-                    ],
-                )
-                trainers[case] = Trainer(config)
-                trainers[case].log.stream = None  # quiet
-            times: dict[str, list[float]] = {case: [] for case in cases}
-            for case, trainer in trainers.items():
-                first_step[case] = _timed_step(trainer)
-                for _ in range(warmup - 1 + (COMPILE_WARMUP + 1 if case.endswith(COMPILED) else 0)):
-                    trainer.step()
-            for _ in range(steps):
-                for case, trainer in trainers.items():
-                    times[case].append(_timed_step(trainer))
-        finally:
-            for trainer in trainers.values():
-                trainer.close()
-    config = trainers["scs"].config.train
-    batch, device = config.batch, trainers["scs"].accelerator.device
+    measured = interleaved_step_times(
+        {
+            case: [
+                f"model.g.kind={case.removesuffix(COMPILED)}",
+                f"model.d.kind={case.removesuffix(COMPILED)}",
+                *overrides,
+                f"train.compile={str(case.endswith(COMPILED)).lower()}",
+            ]
+            for case in cases
+        },
+        steps,
+        {case: warmup - 1 + (COMPILE_WARMUP + 1 if case.endswith(COMPILED) else 0) for case in cases},
+    )
+    config, device = measured.configs["scs"].train, measured.device
+    times, first_step = measured.times, measured.first_step
+    batch = config.batch
     rate = {case: batch / statistics.median(t) for case, t in times.items()}
     warm = f"{warmup} warm-up" + (f" ({warmup + COMPILE_WARMUP} after compiling)" if compile else "")
     lines = [
