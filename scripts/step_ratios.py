@@ -31,6 +31,8 @@ def main() -> None:
     args = parser.parse_args()
     cases = {name: overrides for name, *overrides in args.case}
     warmups = {name: max(args.warmup - 1, 0) for name in cases}  # the first step is untimed too
+    total = len(cases) * (args.warmup + args.steps)
+    print(f"timing {len(cases)} configurations side by side: {total} training steps", file=sys.stderr, flush=True)
     times = interleaved_step_times(cases, args.steps, warmups).times
     print(f"{args.steps} interleaved steps per case after {args.warmup} warm-up, {torch.get_num_threads()} threads")
     first = statistics.median(next(iter(times.values())))
