@@ -72,8 +72,15 @@ class DiscriminatorConfig:
         downsample: ``stride`` (k4 s2 layers) or ``maxabspool`` (k3 s1 layers, then MaxAbsPool2d(2)).
         activation: ``auto`` is ``lrelu`` (LeakyReLU 0.2) for every kind (measured better than none for SCS).
         p_init, p_init_max, p_floor, q_init: as for the generator.
-        out_gain: initial value of the learned gain of the logit (scs/cosine).
+        out_gain: initial value of the learned gain of the logit (scs/cosine, ``head: cosine``).
         gain_lr_mul: learning-rate multiplier of that gain and its bias.
+        head: the last layer of scs/cosine discriminators, from the ``4x4`` features to the logit: ``cosine``
+            (one more SCS/cosine layer, a cosine times the learned gain) or ``linear`` (a k4 convolution
+            with a bias, as SCS classifiers end in a linear layer; the logit is then unbounded and can use
+            the features' magnitude). Conv discriminators always end in a convolution.
+        mbstd_group: if > 0, the minibatch standard deviation of StyleGAN (:class:`MinibatchStd`) over groups
+            of this many images is appended to the ``4x4`` features as one more channel before the last
+            layer, so that D can see a batch's lack of variety; 0 turns it off.
     """
 
     kind: Kind = "scs"
@@ -87,6 +94,8 @@ class DiscriminatorConfig:
     q_init: float = 0.1
     out_gain: float = 4.0
     gain_lr_mul: float = 50.0
+    head: Literal["cosine", "linear"] = "cosine"
+    mbstd_group: int = 0
 
 
 def _validate_layers(c: GeneratorConfig | DiscriminatorConfig, section: str) -> None:
@@ -101,6 +110,8 @@ def _validate_layers(c: GeneratorConfig | DiscriminatorConfig, section: str) -> 
             raise UserError(f"{section}.q_init must be positive")
         if not c.gain_lr_mul > 0:
             raise UserError(f"{section}.gain_lr_mul must be positive")
+    if isinstance(c, DiscriminatorConfig) and c.mbstd_group < 0:
+        raise UserError(f"{section}.mbstd_group must be 0 (off) or a group size of at least 1, got {c.mbstd_group}")
 
 
 @dataclass
@@ -146,6 +157,32 @@ class Gain(nn.Module):
 
     def extra_repr(self) -> str:
         return f"init_gain={self.init_gain}, lr_mul={self.lr_mul}"
+
+
+class MinibatchStd(nn.Module):
+    """Append the minibatch standard deviation as one more channel (StyleGAN's minibatch discrimination).
+
+    The batch is split into groups of ``group`` images (the largest divisor of the batch size that is at most
+    ``group``, so any batch works; image ``n`` is in group ``n mod (N / group)``); per group, the standard
+    deviation of every feature over the group's images is averaged into one number, which becomes a
+    constant channel of each of the group's images. A generator that collapses to few outputs gives
+    small values there, which D can learn to punish.
+    """
+
+    def __init__(self, group: int) -> None:
+        super().__init__()
+        self.group = int(group)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        g = next(d for d in range(min(self.group, n), 0, -1) if n % d == 0)
+        y = x.reshape(g, n // g, c, h, w)
+        y = (y - y.mean(0)).square().mean(0).add(1e-8).sqrt()  # (n / g, c, h, w): std over each group
+        y = y.mean(dim=(1, 2, 3)).view(n // g, 1, 1, 1).repeat(g, 1, h, w)
+        return torch.cat([x, y], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"group={self.group}"
 
 
 class Abs(nn.Module):
@@ -251,9 +288,13 @@ class Discriminator(nn.Module):
             if act is not None:
                 layers.append(act)
             in_ch = out_ch
-        layers.append(self._layer(in_ch, 1, 4, 1, 0, bias=kind == "conv"))
-        if kind != "conv":
-            layers.append(Gain(config.out_gain, config.gain_lr_mul))
+        if config.mbstd_group > 0:
+            layers.append(MinibatchStd(config.mbstd_group))
+            in_ch += 1
+        if kind == "conv" or config.head == "linear":
+            layers.append(nn.Conv2d(in_ch, 1, 4, 1, 0, bias=True))
+        else:
+            layers += [self._layer(in_ch, 1, 4, 1, 0), Gain(config.out_gain, config.gain_lr_mul)]
         self.net = nn.Sequential(*layers)
 
     def _layer(self, in_ch: int, out_ch: int, k: int, stride: int, padding: int, bias: bool = False) -> nn.Module:

@@ -18,7 +18,7 @@ from scs_gan.config import dump_yaml, from_dict, load_yaml, to_dict
 from scs_gan.errors import UserError
 from scs_gan.images import image_grid
 from scs_gan.latents import latents_for_seeds
-from scs_gan.models import ModelConfig, build_discriminator, build_generator, count_parameters, scs_layers
+from scs_gan.models import MinibatchStd, ModelConfig, build_discriminator, build_generator, count_parameters, scs_layers
 from scs_gan.training.checkpoint import resolve_resume
 from scs_gan.training.config import RunConfig, given_keys, load_config, merge_for_resume
 from scs_gan.training.ema import ema_beta, update_ema
@@ -213,6 +213,57 @@ def test_maxabspool_discriminator_and_bad_resolution():
     assert d(torch.randn(2, 1, 32, 32)).shape == (2,)
     with pytest.raises(UserError, match="power of two"):
         build_generator(model, 48, 1)
+
+
+@pytest.mark.parametrize("kind", ["scs", "cosine"])
+def test_a_linear_head_gives_an_unbounded_logit_and_trains_every_parameter(kind):
+    model = ModelConfig()
+    model.d.kind, model.d.channels = kind, 8
+    cosine = build_discriminator(model, 32, 1)
+    model.d.head = "linear"
+    linear = build_discriminator(model, 32, 1)
+    images = torch.randn(4, 1, 32, 32)
+    # the cosine head: an SCS/cosine layer times a gain, so |logit - bias| <= gain
+    gain = cosine.net[-1]
+    assert ((cosine(images) - gain.bias).abs() <= gain.gain.abs() + 1e-6).all()
+    # the linear head: a k4 convolution with a bias on the same 4x4 features, one SCS layer fewer
+    head = linear.net[-1]
+    assert isinstance(head, torch.nn.Conv2d) and head.bias is not None and head.kernel_size == (4, 4)
+    assert len(scs_layers(linear)) == len(scs_layers(cosine)) - 1
+    with torch.no_grad():
+        before = linear(images) - head.bias
+        head.weight.mul_(100.0)
+        assert torch.allclose(linear(images) - head.bias, 100.0 * before, rtol=1e-4, atol=1e-5)
+    linear(images).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in linear.parameters())
+
+
+@pytest.mark.parametrize("n,group,groups", [(8, 4, 2), (6, 4, 2), (5, 4, 5), (3, 8, 1)])
+def test_minibatch_std_appends_each_groups_spread(n, group, groups):
+    x = torch.randn(n, 3, 4, 4, requires_grad=True)
+    y = MinibatchStd(group)(x)
+    assert y.shape == (n, 4, 4, 4) and torch.equal(y[:, :3], x)
+    size = n // groups  # images per group; image i is in group i mod groups
+    for k in range(groups):
+        members = x[k::groups]
+        assert members.shape[0] == size
+        expected = members.std(dim=0, unbiased=False).mean() if size > 1 else torch.tensor(1e-4)
+        assert torch.allclose(y[k::groups, 3], expected.expand(size, 4, 4), atol=1e-5)
+    y[:, 3].sum().backward()
+    assert x.grad is not None and (x.grad.abs().sum() > 0) == (size > 1)
+
+
+def test_minibatch_std_is_small_for_a_collapsed_batch_and_in_every_kind_of_discriminator():
+    same = torch.randn(1, 8, 4, 4).repeat(8, 1, 1, 1)
+    assert MinibatchStd(4)(same)[:, 8].max() < 1e-3
+    for kind in ("scs", "cosine", "conv"):
+        model = ModelConfig()
+        model.d.kind, model.d.channels, model.d.mbstd_group = kind, 8, 4
+        d = build_discriminator(model, 32, 1)
+        assert any(isinstance(m, MinibatchStd) for m in d.modules())
+        assert d(torch.randn(6, 1, 32, 32)).shape == (6,)
+    with pytest.raises(UserError, match="mbstd_group"):
+        load_config(None, ["model.d.mbstd_group=-1"]).model.validate()
 
 
 def test_image_grid_layout():
