@@ -153,3 +153,52 @@ def test_floor_check_names_the_runs_at_or_below_their_floor():
     )
     assert floor_check(records[:1], ["fid1k_1k"]) == "fid1k_1k is above its real-vs-real floor in all 1 runs"
     assert floor_check(records[2:], ["fid1k_1k"]) is None and floor_check(records, ["kid1k_1k"]) is None
+
+
+def _summary_row(arm: str, width: int, fid: float, std: float, n_params: int) -> dict:
+    return {
+        "arm": arm,
+        "label": arm,
+        "width": width,
+        "seeds": 3,
+        "g_params": n_params - 10,
+        "d_params": 10,
+        "fid1k_1k": fid,
+        "fid1k_1k_std": std,
+    }
+
+
+def test_param_ratio_picks_each_familys_best_arm_per_width_and_interpolates(tmp_path):
+    rows = [
+        _summary_row("a_slow", 8, 50.0, 1.0, 100),
+        _summary_row("a_fast", 8, 44.0, 1.0, 100),
+        _summary_row("a_slow", 16, 30.0, 1.0, 400),
+        _summary_row("a_fast", 16, 33.0, 1.0, 400),
+        _summary_row("b", 8, 60.0, 2.0, 100),
+        _summary_row("b", 16, 37.0, 3.0, 400),
+    ]
+    (tmp_path / "results.json").write_text(json.dumps({"summary": rows}))
+    script = Path(__file__).parents[1] / "scripts" / "param_ratio.py"
+    cmd = [
+        sys.executable,
+        str(script),
+        str(tmp_path / "results.json"),
+        "--family",
+        "A",
+        "a_slow",
+        "a_fast",
+        "--family",
+        "B",
+        "b",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "width   8        100 parameters  fid1k_1k 44.0 ± 1.0 (3 seeds, a_fast)" in out
+    assert "width  16        400 parameters  fid1k_1k 30.0 ± 1.0 (3 seeds, a_slow)" in out
+    assert "best B: width 16, 400 parameters" in out
+    # A reaches B's 37.0 a half of the way (44 -> 30) from 100 to 400 parameters in log: 200 parameters
+    assert "its mean equals 37.0 at about 200 parameters, 0.50x" in out
+    assert "A: width 16 is within its spread (30.0 <= 37.0 + 3.0) at 1.00x the parameters" in out
+    bad = subprocess.run(
+        [*cmd[:2], str(tmp_path / "missing.json"), *cmd[3:]], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert bad.returncode != 0 and "not a readable study results.json" in bad.stderr and "Traceback" not in bad.stderr
