@@ -195,12 +195,12 @@ def test_two_processes_give_what_one_gives(tmp_path):
     for name in ("pr40_40", "dc30_40"):
         for key in ("precision", "recall") if name.startswith("pr") else ("density", "coverage"):
             assert two[name][key] == one[name][key], (name, key)
-    # Two processes feed torchmetrics other shards of the same features, and the features come from other batch
-    # shapes; on a 2-core AMD EPYC (family 25, model 17) the FID floor then moved by 1.3e-5 relative (15.03407
-    # against 15.03427), on an Intel Xeon by less than 1e-5. A gather that loses, repeats or reorders images
-    # moves FID by far more: duplicating one of the 40 samples changes a 64-d FID by about 1e-2.
     for name in ("fid40_40", "kid40_40", "is40"):
-        assert two[name]["value"] == pytest.approx(one[name]["value"], rel=1e-4, abs=1e-6), name
+        assert two[name]["value"] == pytest.approx(one[name]["value"], rel=1e-5, abs=1e-6), name
+    # The floors differ by float rounding between one and two processes (the cause is not isolated further): on a
+    # 2-core AMD EPYC (family 25, model 17) the FID floor moved by 1.3e-5 relative (15.03407 against 15.03427),
+    # deterministically; on the Intel Xeon of earlier runs it stayed within 1e-5. A gather that loses or repeats
+    # an image moves FID far more: duplicating one of 40 random 64-d features changed an FID by about 1e-2.
     for name in ("fid40_40", "kid40_40"):
         assert two[name]["floor"]["value"] == pytest.approx(one[name]["floor"]["value"], rel=1e-4, abs=1e-6)
     assert 0 < one["pr40_40"]["recall"] < 1 and one["dc30_40"]["density"] > 0  # not a trivial case
