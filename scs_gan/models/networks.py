@@ -5,6 +5,8 @@ Topology for resolution ``R`` (a power of two, >= 8) and base width ``w``:
 * Generator: latent ``z`` (``1x1``) -> transposed layer k4 s1 to ``4x4`` -> transposed layers k4 s2 p1 that
   double the size and halve the channels -> at ``R/2`` one more k4 s2 p1 layer to the image channels ->
   ``tanh``. The widths are ``w * 2**i`` counted from the image end (capped at ``max_channels``).
+  ``extra_layers_at`` adds a k3 s1 p1 layer of the same width after the layer that reaches each named
+  resolution.
 * Discriminator: the mirror image: k4 s2 p1 layers from ``R`` down to ``4x4`` with widths ``w, 2w, ...``,
   then a k4 layer to one ``1x1`` logit.
 
@@ -47,6 +49,10 @@ class GeneratorConfig:
             (the SCS practice is [1, 3], with p_floor below 1) instead of all being p_init.
         out_gain: initial value of the learned gain before ``tanh`` (scs/cosine).
         gain_lr_mul: learning-rate multiplier of that gain and its bias (see :class:`Gain`).
+        extra_layers_at: resolutions (``4``, ``8``, ... below the image's) after whose upsampling layer one
+            more layer of the same width follows: kernel 3, stride 1, padding 1 (with its own batch norm and
+            activation), as in generators with two layers per resolution; empty (the default) for DCGAN's
+            one layer per resolution.
     """
 
     kind: Kind = "scs"
@@ -59,6 +65,7 @@ class GeneratorConfig:
     q_init: float = 0.1
     out_gain: float = 2.0
     gain_lr_mul: float = 50.0
+    extra_layers_at: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -110,6 +117,8 @@ def _validate_layers(c: GeneratorConfig | DiscriminatorConfig, section: str) -> 
             raise UserError(f"{section}.q_init must be positive")
         if not c.gain_lr_mul > 0:
             raise UserError(f"{section}.gain_lr_mul must be positive")
+    if isinstance(c, GeneratorConfig) and len(set(c.extra_layers_at)) != len(c.extra_layers_at):
+        raise UserError(f"{section}.extra_layers_at names a resolution twice: {c.extra_layers_at}")
     if isinstance(c, DiscriminatorConfig) and c.mbstd_group < 0:
         raise UserError(f"{section}.mbstd_group must be 0 (off) or a group size of at least 1, got {c.mbstd_group}")
 
@@ -224,31 +233,40 @@ class Generator(nn.Module):
         kind = config.kind
         activation = config.activation if config.activation != "auto" else ("relu" if kind == "conv" else "lrelu")
         widths = [_width(config.channels, levels - 1 - i, config.max_channels) for i in range(levels)]
+        hidden = [4 * 2**i for i in range(levels)]  # the resolution after each layer of `widths`
+        wrong = sorted(set(config.extra_layers_at) - set(hidden))
+        if wrong:
+            raise UserError(
+                f"model.g.extra_layers_at {wrong} is not among this generator's hidden resolutions {hidden} "
+                f"(the image is {resolution}x{resolution})"
+            )
         layers: list[nn.Module] = []
         in_ch = z_dim
         for i, out_ch in enumerate(widths):
             stride, padding = (1, 0) if i == 0 else (2, 1)
-            layers.append(self._layer(in_ch, out_ch, stride, padding, bias=False))
-            if kind == "conv":
-                layers.append(nn.BatchNorm2d(out_ch))
-            act = _activation(activation)
-            if act is not None:
-                layers.append(act)
-            in_ch = out_ch
+            blocks = [(4, stride, padding)] + ([(3, 1, 1)] if hidden[i] in config.extra_layers_at else [])
+            for k, s, p in blocks:
+                layers.append(self._layer(in_ch, out_ch, s, p, bias=False, kernel=k))
+                if kind == "conv":
+                    layers.append(nn.BatchNorm2d(out_ch))
+                act = _activation(activation)
+                if act is not None:
+                    layers.append(act)
+                in_ch = out_ch
         layers.append(self._layer(in_ch, channels, 2, 1, bias=kind == "conv"))
         if kind != "conv":
             layers.append(Gain(config.out_gain, config.gain_lr_mul))
         layers.append(nn.Tanh())
         self.net = nn.Sequential(*layers)
 
-    def _layer(self, in_ch: int, out_ch: int, stride: int, padding: int, bias: bool) -> nn.Module:
+    def _layer(self, in_ch: int, out_ch: int, stride: int, padding: int, bias: bool, kernel: int = 4) -> nn.Module:
         c = self.config
         if c.kind == "conv":
-            return nn.ConvTranspose2d(in_ch, out_ch, 4, stride, padding, bias=bias)
+            return nn.ConvTranspose2d(in_ch, out_ch, kernel, stride, padding, bias=bias)
         return SCSTranspose2d(
             in_ch,
             out_ch,
-            4,
+            kernel,
             stride,
             padding,
             bias=bias,

@@ -266,6 +266,41 @@ def test_minibatch_std_is_small_for_a_collapsed_batch_and_in_every_kind_of_discr
         load_config(None, ["model.d.mbstd_group=-1"]).model.validate()
 
 
+@pytest.mark.parametrize("kind", ["scs", "cosine", "conv"])
+def test_extra_generator_layers_add_one_k3_layer_per_named_resolution(kind):
+    def sizes(g):  # spatial size after each resampling layer, and its kernel
+        out, hooks = [], []
+        for m in g.modules():
+            if isinstance(m, torch.nn.ConvTranspose2d) or type(m).__name__.endswith("Transpose2d"):
+                hooks.append(m.register_forward_hook(lambda m, i, o: out.append((o.shape[-1], m.kernel_size[0]))))
+        g(torch.randn(2, 16))
+        for h in hooks:
+            h.remove()
+        return out
+
+    model = ModelConfig(z_dim=16)
+    model.g.kind, model.g.channels = kind, 8
+    plain = build_generator(model, 32, 1)
+    assert sizes(plain) == [(4, 4), (8, 4), (16, 4), (32, 4)]
+    model.g.extra_layers_at = [4, 16]
+    deeper = build_generator(model, 32, 1)
+    assert sizes(deeper) == [(4, 4), (4, 3), (8, 4), (16, 4), (16, 3), (32, 4)]
+    # each extra layer keeps the width: 32 -> 32 at 4x4 and 8 -> 8 at 16x16, 3x3 taps, then per layer
+    # p per channel and one q (scs), one q (cosine), or batch norm's gain and bias per channel (conv)
+    extra = count_parameters(deeper) - count_parameters(plain)
+    per_layer = {"scs": (1, 1), "cosine": (0, 1), "conv": (2, 0)}[kind]  # (per channel, per layer)
+    assert extra == 32 * 32 * 9 + 8 * 8 * 9 + per_layer[0] * (32 + 8) + per_layer[1] * 2
+    images = deeper(torch.randn(3, 16))
+    assert images.shape == (3, 1, 32, 32) and images.abs().max() <= 1
+    images.square().mean().backward()
+    assert all(p.grad is not None for p in deeper.parameters() if p.requires_grad)
+    for bad, match in (("[32]", "hidden resolutions"), ("[4,4]", "twice"), ("[true]", "must be an integer")):
+        with pytest.raises(UserError, match=match):
+            config = load_config(None, [f"model.g.extra_layers_at={bad}"])
+            config.model.validate()
+            build_generator(config.model, 32, 1)
+
+
 def test_image_grid_layout():
     images = torch.stack([torch.full((1, 2, 2), v) for v in (-1.0, 1.0, 0.0)])
     grid = image_grid(images, columns=2)
