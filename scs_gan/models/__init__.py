@@ -11,6 +11,7 @@ from .networks import (
     build_discriminator,
     build_generator,
     count_parameters,
+    rescale_scs_weights,
     scs_layers,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "build_discriminator",
     "build_generator",
     "count_parameters",
+    "rescale_scs_weights",
     "scs_layers",
 ]

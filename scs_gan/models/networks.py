@@ -370,6 +370,19 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
+@torch.no_grad()
+def rescale_scs_weights(module: nn.Module, rms: float) -> None:
+    """Rescale the weight of every SCS and cosine layer of ``module``, in place, to root mean square ``rms``.
+
+    Their outputs do not depend on the weights' scale (each output is a cosine), so this leaves what
+    ``module`` computes unchanged (to rounding, and for the ``eps`` in the norms) and sets how far an
+    optimiser step of a given size turns the weights. Each layer's weight is scaled as one tensor.
+    """
+    for layer in scs_layers(module).values():
+        weight = layer.weight
+        weight.mul_(rms / weight.float().square().mean().sqrt().clamp_min(1e-30).to(weight.dtype))
+
+
 def scs_layers(module: nn.Module) -> dict[str, nn.Module]:
     """The SCS layers of ``module`` by name (for the p and q statistics)."""
     return {n: m for n, m in module.named_modules() if isinstance(m, SCS2d | SCSTranspose2d)}

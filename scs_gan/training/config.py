@@ -36,6 +36,12 @@ class TrainConfig:
             extended on resume equals one trained that long from the start.
         pq_lr_mul: learning-rate multiplier for the SCS exponents and norm floors (``p_raw``, ``q_raw``): Adam
             moves each by about the learning rate per step, so without it they barely leave their initial values.
+        scs_weight_rms: if set, the weights of every SCS and cosine layer (in G and D) are rescaled to this
+            root mean square at the start and after every optimiser step. Those layers are invariant to their
+            weights' scale, so this changes only how fast they turn: Adam moves each weight by about the
+            learning rate per step, which turns a layer by about ``lr / rms`` radians; without it the norms
+            grow (by about ``lr * sqrt(steps)``) and that rate falls as the run goes on, from a start that
+            depends on each layer's fan-in (``scs_gan.models.rescale_scs_weights``). Null (the default): off.
         share_fakes: one G forward per step: the G step reuses the D step's fakes (and their graph) against
             the updated D, as the PyTorch DCGAN example does, instead of generating new ones; it saves a
             no-grad G forward per micro-batch (8-15% of the default step), and with gradient accumulation
@@ -78,6 +84,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     lr_rampdown: float = 0.5
     pq_lr_mul: float = 1.0
+    scs_weight_rms: float | None = None
     share_fakes: bool = False
     loss: Literal["logistic", "hinge"] = "logistic"
     r1_gamma: float = 0.0
@@ -159,6 +166,8 @@ class RunConfig:
             raise UserError("train.augment_p must be in [0, 1] and train.ada_target in [-1, 1] (or null: fixed p)")
         if t.ada_interval < 1 or not t.ada_kimg > 0:
             raise UserError("train.ada_interval must be at least 1 and train.ada_kimg positive")
+        if t.scs_weight_rms is not None and not t.scs_weight_rms > 0:
+            raise UserError(f"train.scs_weight_rms must be positive (or null for off), got {t.scs_weight_rms}")
         if t.ema_kimg < 0 or (t.ema_rampup is not None and not t.ema_rampup > 0):
             raise UserError("train.ema_kimg must be >= 0 and train.ema_rampup positive (or null for none)")
         if t.compile_backend != "inductor":  # importing the compiler takes a second; inductor is always there

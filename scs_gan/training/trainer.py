@@ -38,7 +38,7 @@ from ..io import atomic_write, atomic_write_text
 from ..latents import latents_for_seeds
 from ..metrics.evaluate import Evaluator, describe
 from ..metrics.weights import resolve_fid_weights
-from ..models import build_discriminator, build_generator, count_parameters
+from ..models import build_discriminator, build_generator, count_parameters, rescale_scs_weights
 from ..snapshot import save_snapshot
 from . import trackers
 from .augment import AdaptiveStrength, augment
@@ -202,6 +202,9 @@ class Trainer:
         torch.manual_seed(t.seed)  # identical initial weights on every process
         generator = build_generator(config.model, config.data.resolution, config.data.channels)
         discriminator = build_discriminator(config.model, config.data.resolution, config.data.channels)
+        if t.scs_weight_rms is not None:
+            rescale_scs_weights(generator, t.scs_weight_rms)
+            rescale_scs_weights(discriminator, t.scs_weight_rms)
         # copied before prepare(), which wraps G's forward in autocast: the EMA copy runs in float32, the
         # same as a snapshot loaded by `scs-gan metrics` or `generate`
         self.G_ema = copy.deepcopy(generator).eval().requires_grad_(False).to(acc.device)
@@ -429,6 +432,8 @@ class Trainer:
             [torch.isfinite(loss_d) & (_grads_finite(self.D) if check_grads else yes), self.stop.received is None],
         )
         apply_step(self.opt_D, ok_d, self.accelerator.scaler)
+        if t.scs_weight_rms is not None:
+            rescale_scs_weights(self.D, t.scs_weight_rms)
         if self.strength is not None:
             self.strength.accumulate(signs, self.batch_gpu * self.accum)
             self.strength.step(t.batch, self._reduce_signs if self.accelerator.num_processes > 1 else None)
@@ -438,6 +443,8 @@ class Trainer:
             self.accelerator, [loss_g], [torch.isfinite(loss_g) & (_grads_finite(self.G) if check_grads else yes)]
         )
         apply_step(self.opt_G, ok_g, self.accelerator.scaler)
+        if t.scs_weight_rms is not None:
+            rescale_scs_weights(self.G, t.scs_weight_rms)
         self._sync_buffers()
         p.cur_nimg += t.batch
         p.step += 1

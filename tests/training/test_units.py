@@ -543,3 +543,41 @@ def test_a_saved_config_without_a_later_option_keeps_the_maths_it_trained_with(t
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
     new = load_run_config(tmp_path)
     assert new.train.lr_rampdown == 0.25 and new.train.share_fakes is True
+
+
+def test_rescaled_scs_weights_change_no_output_and_training_keeps_them_at_the_rms(tmp_path):
+    from scs_gan.models import rescale_scs_weights
+    from scs_gan.training import Trainer
+
+    torch.manual_seed(0)
+    model = ModelConfig(z_dim=16)
+    model.g.channels = model.d.channels = 8
+    g, d = build_generator(model, 32, 1), build_discriminator(model, 32, 1)
+    z, x = torch.randn(4, 16), torch.rand(4, 1, 32, 32) * 2 - 1
+    before = g(z), d(x)
+    rescale_scs_weights(g, 0.3)
+    rescale_scs_weights(d, 0.01)
+    # the same up to the eps inside the norms (sqrt(sum w ** 2 + eps)), which the scale changes the share of
+    assert torch.allclose(g(z), before[0], atol=1e-4) and torch.allclose(d(x), before[1], atol=1e-4)
+    for net, rms in ((g, 0.3), (d, 0.01)):
+        assert all(
+            math.isclose(w.weight.square().mean().sqrt().item(), rms, rel_tol=1e-5) for w in scs_layers(net).values()
+        )
+
+    config = load_config(
+        CONFIGS / "smoke.yaml", [f"train.runs_dir={tmp_path}", "train.batch=8", "train.scs_weight_rms=0.05"]
+    )
+    trainer = Trainer(config)
+    trainer.log.stream = None
+    try:
+        start = {n: w.weight.detach().clone() for n, w in scs_layers(trainer.G).items()}
+        for _ in range(3):
+            trainer.step()
+        for net in (trainer.G, trainer.D, trainer.G_ema):
+            for layer in scs_layers(net).values():
+                assert math.isclose(layer.weight.square().mean().sqrt().item(), 0.05, rel_tol=1e-4)
+        assert any(not torch.equal(start[n], w.weight) for n, w in scs_layers(trainer.G).items())  # it trains
+    finally:
+        trainer.close()
+    with pytest.raises(UserError, match="scs_weight_rms"):
+        load_config(None, ["train.scs_weight_rms=0"]).validate()
