@@ -46,7 +46,12 @@ class TrainConfig:
             the updated D, as the PyTorch DCGAN example does, instead of generating new ones; it saves a
             no-grad G forward per micro-batch (8-15% of the default step), and with gradient accumulation
             it keeps every micro-batch's G graph until the G step.
-        loss: ``logistic`` (non-saturating) or ``hinge``.
+        loss: ``logistic`` (non-saturating), ``hinge`` or ``relativistic`` (RpGAN: D ranks each real above
+            one fake, ``softplus(D(fake_i) - D(real_i))``; G's loss uses the real logits of the same step's D
+            phase, taken before D's update, so that it costs no extra D pass).
+        g_topk, g_topk_decay: top-k training of G (Sinha et al. 2020): G's loss counts only the fakes D scores
+            highest, a fraction ``max(g_topk, g_topk_decay ** epochs)`` of each micro-batch (at least one
+            image), with ``epochs`` the real images shown so far over the data set's size; null: all fakes.
         r1_gamma: R1 penalty weight (0 = off), applied lazily every r1_interval D steps.
         augment: differentiable augmentation of every image D sees (reals and fakes, in the D and G steps
             and the reals of R1): any of ``translation``, ``cutout``, ``color`` (DiffAugment); empty = off.
@@ -86,7 +91,9 @@ class TrainConfig:
     pq_lr_mul: float = 1.0
     scs_weight_rms: float | None = None
     share_fakes: bool = False
-    loss: Literal["logistic", "hinge"] = "logistic"
+    loss: Literal["logistic", "hinge", "relativistic"] = "logistic"
+    g_topk: float | None = None
+    g_topk_decay: float = 0.99
     r1_gamma: float = 0.0
     r1_interval: int = 16
     augment: list[Literal["translation", "cutout", "color"]] = field(default_factory=lambda: ["translation"])
@@ -166,6 +173,10 @@ class RunConfig:
             raise UserError("train.augment_p must be in [0, 1] and train.ada_target in [-1, 1] (or null: fixed p)")
         if t.ada_interval < 1 or not t.ada_kimg > 0:
             raise UserError("train.ada_interval must be at least 1 and train.ada_kimg positive")
+        if t.g_topk is not None and not 0 < t.g_topk <= 1:
+            raise UserError(f"train.g_topk must be in (0, 1] (or null for off), got {t.g_topk}")
+        if not 0 < t.g_topk_decay <= 1:
+            raise UserError(f"train.g_topk_decay must be in (0, 1], got {t.g_topk_decay}")
         if t.scs_weight_rms is not None and not t.scs_weight_rms > 0:
             raise UserError(f"train.scs_weight_rms must be positive (or null for off), got {t.scs_weight_rms}")
         if t.ema_kimg < 0 or (t.ema_rampup is not None and not t.ema_rampup > 0):

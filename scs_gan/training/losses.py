@@ -1,4 +1,5 @@
-"""GAN losses on discriminator logits: non-saturating logistic (default) and hinge; the lazy R1 penalty."""
+"""GAN losses on discriminator logits: non-saturating logistic (default), hinge and the relativistic pairing
+loss (RpGAN); the lazy R1 penalty."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ from torch import Tensor
 
 
 def d_loss(kind: str, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-    """Discriminator loss (mean over the batch)."""
+    """Discriminator loss (mean over the batch).
+
+    ``relativistic`` pairs real ``i`` with fake ``i``: ``softplus(D(fake_i) - D(real_i))``, so D is asked only to
+    rank each real above its fake (RpGAN; both batches must have the same size).
+    """
+    if kind == "relativistic":
+        return F.softplus(fake_logits - real_logits).mean()
     if kind == "logistic":
         return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
     if kind == "hinge":
@@ -16,13 +23,29 @@ def d_loss(kind: str, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     raise ValueError(f"unknown loss {kind!r}")
 
 
-def g_loss(kind: str, fake_logits: Tensor) -> Tensor:
-    """Generator loss (mean over the batch): non-saturating logistic, or hinge's ``-D(G(z))``."""
-    if kind == "logistic":
-        return F.softplus(-fake_logits).mean()
-    if kind == "hinge":
-        return -fake_logits.mean()
-    raise ValueError(f"unknown loss {kind!r}")
+def g_loss(kind: str, fake_logits: Tensor, real_logits: Tensor | None = None, keep: Tensor | None = None) -> Tensor:
+    """Generator loss (mean over the batch): non-saturating logistic, hinge's ``-D(G(z))``, or the
+    relativistic ``softplus(D(real_i) - D(fake_i))``, which needs ``real_logits`` (treated as constants).
+
+    ``keep`` (a 0-d tensor, so that a compiled loss does not recompile as it changes): the mean is over only
+    the ``keep`` fakes D scores highest (top-k training, Sinha et al. 2020), ties broken by position; the
+    others contribute no gradient. ``None``: all of them.
+    """
+    if kind == "relativistic":
+        if real_logits is None:
+            raise ValueError("the relativistic G loss needs the real logits")
+        per_image = F.softplus(real_logits.detach() - fake_logits)
+    elif kind == "logistic":
+        per_image = F.softplus(-fake_logits)
+    elif kind == "hinge":
+        per_image = -fake_logits
+    else:
+        raise ValueError(f"unknown loss {kind!r}")
+    if keep is None:
+        return per_image.mean()
+    rank = fake_logits.detach().argsort(descending=True, stable=True).argsort()  # 0 = D's highest score
+    chosen = (rank < keep).to(per_image.dtype)
+    return (per_image * chosen).sum() / chosen.sum()
 
 
 def r1_penalty(real_logits: Tensor, reals: Tensor, scale: float = 1.0) -> Tensor:

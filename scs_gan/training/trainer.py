@@ -147,12 +147,13 @@ def _loss_scale(accelerator: Accelerator) -> float:
 class CompiledSteps:
     """The ``torch.compile`` forms of the training steps' pieces (``train.compile``), sharing G's and D's
     parameters: ``generate(z)`` is G's forward; ``d_losses(reals, fakes)`` D's forward on both (already
-    augmented) with the D loss, returning the loss and the real logits; ``g_loss(fakes)`` D's forward on the
-    augmented fakes with the G loss."""
+    augmented) with the D loss, returning the loss and the real logits; ``g_loss(fakes, real_logits, keep)``
+    D's forward on the augmented fakes with the G loss (``real_logits``: None, or the relativistic loss's;
+    ``keep``: None, or top-k training's count)."""
 
     generate: Callable[[Tensor], Tensor]
     d_losses: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
-    g_loss: Callable[[Tensor], Tensor]
+    g_loss: Callable[[Tensor, Tensor | None, Tensor | None], Tensor]
 
 
 class Trainer:
@@ -224,6 +225,7 @@ class Trainer:
         self.progress = Progress()
         self.compiled: CompiledSteps | None = None  # built on first use when train.compile is on
         self._fakes: list[Tensor] = []  # with train.share_fakes: the D step's fakes, with G's graph, for the G step
+        self._real_logits: list[Tensor] = []  # with train.loss=relativistic: the D step's real logits, for the G step
         self.strength = AdaptiveStrength(t.augment_p, t.ada_target, t.ada_interval, t.ada_kimg) if t.augment else None
         self.grid_latents = latents_for_seeds(range(t.grid_seeds), config.model.z_dim, acc.device)
         self.evaluator = self._make_evaluator()
@@ -307,9 +309,18 @@ class Trainer:
         real_logits = self.D(reals)
         return d_loss(self.config.train.loss, real_logits, self.D(fakes)), real_logits
 
-    def _g_loss(self, fakes: Tensor) -> Tensor:
-        """G's loss on augmented fakes."""
-        return g_loss(self.config.train.loss, self.D(fakes))
+    def _g_loss(self, fakes: Tensor, real_logits: Tensor | None = None, keep: Tensor | None = None) -> Tensor:
+        """G's loss on augmented fakes (for the relativistic loss with the D phase's real logits; with
+        ``keep``, over the fakes D scores highest)."""
+        return g_loss(self.config.train.loss, self.D(fakes), real_logits, keep)
+
+    def _topk_keep(self) -> Tensor | None:
+        """How many fakes of a micro-batch count in G's loss now (``train.g_topk``), or None for all."""
+        t = self.config.train
+        if t.g_topk is None:
+            return None
+        fraction = max(t.g_topk, t.g_topk_decay ** (self.progress.cur_nimg / len(self.dataset)))
+        return torch.tensor(max(1, round(fraction * self.batch_gpu)), device=self.accelerator.device)
 
     def _compiled_steps(self) -> CompiledSteps | None:
         """The compiled step pieces when ``train.compile`` is on (created on first use), else None.
@@ -346,7 +357,7 @@ class Trainer:
         # AOTAutograd-compiled graphs do not support: R1 steps run D eagerly
         d_losses = self._d_losses if compiled is None or do_r1 else compiled.d_losses
         losses, penalties, signs = [], [], []
-        self._fakes = []
+        self._fakes, self._real_logits = [], []
         for i, real in enumerate(reals):
             sync = contextlib.nullcontext() if i == len(reals) - 1 else acc.no_sync(self.D)
             with sync:
@@ -364,6 +375,8 @@ class Trainer:
                 # R1 differentiates through the augmentation; reals are augmented first, then fakes
                 loss, real_logits = d_losses(self._augment(real), self._augment(fake.detach()))
                 signs.append(real_logits.detach().sign().sum())
+                if t.loss == "relativistic":
+                    self._real_logits.append(real_logits.detach())
                 if do_r1:
                     weighted, penalty = r1_loss(real_logits, real, t.r1_gamma, t.r1_interval, _loss_scale(acc))
                     loss = loss + weighted
@@ -380,13 +393,15 @@ class Trainer:
         generate, loss_of = (self.G, self._g_loss) if compiled is None else (compiled.generate, compiled.g_loss)
         losses = []
         shared, self._fakes = self._fakes, []
+        real_logits, self._real_logits = self._real_logits, []
+        keep = self._topk_keep()
         self.D.requires_grad_(False)
         try:
             for i in range(self.accum):
                 sync = contextlib.nullcontext() if i == self.accum - 1 and not shared else acc.no_sync(self.G)
                 with sync, acc.no_sync(self.D):
                     fake = shared[i] if shared else generate(self._z())
-                    loss = loss_of(self._augment(fake))
+                    loss = loss_of(self._augment(fake), real_logits[i] if real_logits else None, keep)
                     acc.backward(loss / self.accum)
                     losses.append(loss.detach())
         finally:

@@ -75,10 +75,12 @@ def test_compiled_steps_match_eager_steps_with_r1_and_adaptive_augmentation(tmp_
     assert "compiling" not in (eager.run_dir / "log.txt").read_text()
 
 
-def test_compile_with_r1_on_every_step_and_gradient_accumulation(tmp_path):
+@pytest.mark.parametrize("loss", ["hinge", "relativistic"])
+def test_compile_with_r1_on_every_step_and_gradient_accumulation(tmp_path, loss):
     """R1 differentiates twice, which compiled graphs cannot: with R1 on every step D only ever runs eagerly
-    while G and the G loss run compiled, through two micro-batches, with the hinge loss."""
-    overrides = ["train.r1_gamma=1", "train.r1_interval=1", "train.batch_gpu=4", "train.loss=hinge"]
+    while G and the G loss run compiled, through two micro-batches, with the hinge loss and with the
+    relativistic one (whose G loss takes each micro-batch's real logits from the D phase)."""
+    overrides = ["train.r1_gamma=1", "train.r1_interval=1", "train.batch_gpu=4", f"train.loss={loss}"]
     losses, _, trainer = _train(tmp_path, 2, *overrides, "train.compile=true", "train.compile_backend=aot_eager")
     assert trainer.accum == 2
     assert all(math.isfinite(r[key]) for r in losses for key in ("loss_D", "loss_G", "r1"))

@@ -165,6 +165,47 @@ def test_losses():
     )
     torch.testing.assert_close(d_loss("hinge", real, fake), torch.tensor((0 + 2) / 2 + (1 + 3) / 2))
     torch.testing.assert_close(g_loss("hinge", fake), torch.tensor(-1.0))
+    # relativistic pairs real i with fake i: D wants real above fake, G the reverse; G's real logits are constants
+    sp = torch.nn.functional.softplus
+    torch.testing.assert_close(d_loss("relativistic", real, fake), (sp(torch.tensor(-3.0)) + sp(torch.tensor(3.0))) / 2)
+    fake_g = fake.clone().requires_grad_(True)
+    real_g = real.clone().requires_grad_(True)
+    loss = g_loss("relativistic", fake_g, real_g)
+    torch.testing.assert_close(loss, (sp(torch.tensor(3.0)) + sp(torch.tensor(-3.0))) / 2)
+    loss.backward()
+    assert real_g.grad is None and fake_g.grad is not None
+    with pytest.raises(ValueError, match="real logits"):
+        g_loss("relativistic", fake)
+    # top-k: only the keep fakes D scores highest count, and only they get gradient
+    logits = torch.tensor([0.5, -2.0, 3.0, 1.0], requires_grad=True)
+    loss = g_loss("logistic", logits, keep=torch.tensor(2))
+    torch.testing.assert_close(loss, (sp(torch.tensor(-3.0)) + sp(torch.tensor(-1.0))) / 2)
+    loss.backward()
+    assert (logits.grad != 0).tolist() == [False, False, True, True]
+    torch.testing.assert_close(g_loss("hinge", logits, keep=torch.tensor(4)), g_loss("hinge", logits))
+
+
+def test_topk_keeps_the_decayed_fraction_of_each_micro_batch(tmp_path):
+    from scs_gan.training import Trainer
+
+    config = load_config(
+        CONFIGS / "smoke.yaml",
+        [f"train.runs_dir={tmp_path}", "train.batch=8", "train.g_topk=0.5", "train.g_topk_decay=0.5"],
+    )
+    trainer = Trainer(config)
+    trainer.log.stream = None
+    try:
+        size = len(trainer.dataset)
+        for shown, expected in ((0, 8), (size, 4), (3 * size, 4)):  # 8 * max(0.5, 0.5 ** epochs)
+            trainer.progress.cur_nimg = shown
+            assert int(trainer._topk_keep()) == expected
+        trainer.progress.cur_nimg = 0
+        losses, _ = trainer.step()
+        assert math.isfinite(losses["loss_G"])
+    finally:
+        trainer.close()
+    with pytest.raises(UserError, match="g_topk"):
+        load_config(None, ["train.g_topk=0"]).validate()
     x = torch.randn(4, 1, 2, 2, requires_grad=True)
     logits = (x * 3).sum(dim=[1, 2, 3])
     torch.testing.assert_close(r1_penalty(logits, x), torch.tensor(36.0))  # |grad|^2 = 4 * 9
