@@ -48,7 +48,8 @@ class TrainConfig:
             it keeps every micro-batch's G graph until the G step.
         loss: ``logistic`` (non-saturating), ``hinge`` or ``relativistic`` (RpGAN: D ranks each real above
             one fake, ``softplus(D(fake_i) - D(real_i))``; G's loss uses the real logits of the same step's D
-            phase, taken before D's update, so that it costs no extra D pass).
+            phase, taken before D's update, so that it costs no extra D pass). D's logits then mean something
+            only relative to each other, so ADA's sign heuristic (``ada_target``) cannot be used with it.
         g_topk, g_topk_decay: top-k training of G (Sinha et al. 2020): G's loss counts only the fakes D scores
             highest, a fraction ``max(g_topk, g_topk_decay ** epochs)`` of each micro-batch (at least one
             image), with ``epochs`` the real images shown so far over the data set's size; null: all fakes.
@@ -171,6 +172,11 @@ class RunConfig:
             raise UserError(f"train.augment names a policy twice: {t.augment}")
         if not 0 <= t.augment_p <= 1 or (t.ada_target is not None and not -1 <= t.ada_target <= 1):
             raise UserError("train.augment_p must be in [0, 1] and train.ada_target in [-1, 1] (or null: fixed p)")
+        if t.loss == "relativistic" and t.ada_target is not None:
+            raise UserError(
+                "train.ada_target needs D's logits to have a sign, which the relativistic loss leaves undefined "
+                "(only differences between them count): use a fixed train.augment_p (train.ada_target=null)"
+            )
         if t.ada_interval < 1 or not t.ada_kimg > 0:
             raise UserError("train.ada_interval must be at least 1 and train.ada_kimg positive")
         if t.g_topk is not None and not 0 < t.g_topk <= 1:

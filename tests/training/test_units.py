@@ -206,6 +206,12 @@ def test_topk_keeps_the_decayed_fraction_of_each_micro_batch(tmp_path):
         trainer.close()
     with pytest.raises(UserError, match="g_topk"):
         load_config(None, ["train.g_topk=0"]).validate()
+
+
+def test_adaptive_augmentation_is_refused_with_the_relativistic_loss():
+    load_config(None, ["train.loss=relativistic"]).validate()
+    with pytest.raises(UserError, match="relativistic loss leaves undefined"):
+        load_config(None, ["train.loss=relativistic", "train.ada_target=0.6"]).validate()
     x = torch.randn(4, 1, 2, 2, requires_grad=True)
     logits = (x * 3).sum(dim=[1, 2, 3])
     torch.testing.assert_close(r1_penalty(logits, x), torch.tensor(36.0))  # |grad|^2 = 4 * 9
