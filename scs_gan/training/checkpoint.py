@@ -44,6 +44,7 @@ class Progress:
     tracker_run_id: str | None = None
     best_fid: float | None = None
     augment: dict[str, Any] | None = None  # the adaptive augmentation strength's state
+    lecam: list[float] | None = None  # train.lecam's moving averages of D's mean real and fake logits
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

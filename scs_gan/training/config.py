@@ -54,6 +54,12 @@ class TrainConfig:
             highest, a fraction ``max(g_topk, g_topk_decay ** epochs)`` of each micro-batch (at least one
             image), with ``epochs`` the real images shown so far over the data set's size; null: all fakes.
         r1_gamma: R1 penalty weight (0 = off), applied lazily every r1_interval D steps.
+        lecam, lecam_decay: the LeCam regulariser's weight (0 = off) and the decay of its moving averages
+            (Tseng et al. 2021, for GANs on limited data): D's loss gains ``lecam * (mean(relu(D(real) -
+            a_fake)^2) + mean(relu(a_real - D(fake))^2))``, with ``a_real``, ``a_fake`` moving averages of
+            the mean logits on (augmented) reals and fakes over past D steps (over all processes), so that
+            D's logits stay near where they have been rather than drifting apart. It costs no extra pass;
+            the first step, which has no averages yet, runs without it.
         augment: differentiable augmentation of every image D sees (reals and fakes, in the D and G steps
             and the reals of R1): any of ``translation``, ``cutout``, ``color`` (DiffAugment); empty = off.
         augment_p: the probability with which each policy is applied to each image: fixed when ada_target
@@ -97,6 +103,8 @@ class TrainConfig:
     g_topk_decay: float = 0.99
     r1_gamma: float = 0.0
     r1_interval: int = 16
+    lecam: float = 0.0
+    lecam_decay: float = 0.99
     augment: list[Literal["translation", "cutout", "color"]] = field(default_factory=lambda: ["translation"])
     augment_p: float = 1.0
     ada_target: float | None = None
@@ -168,6 +176,10 @@ class RunConfig:
             raise UserError(f"train.lr_rampdown must be in [0, 1), got {t.lr_rampdown}")
         if t.r1_gamma < 0 or t.r1_interval < 1:
             raise UserError("train.r1_gamma must be >= 0 and train.r1_interval >= 1")
+        if t.lecam < 0 or not 0 <= t.lecam_decay < 1:
+            raise UserError(
+                f"train.lecam must be >= 0 and train.lecam_decay in [0, 1), got {t.lecam} and {t.lecam_decay}"
+            )
         if len(set(t.augment)) != len(t.augment):
             raise UserError(f"train.augment names a policy twice: {t.augment}")
         if not 0 <= t.augment_p <= 1 or (t.ada_target is not None and not -1 <= t.ada_target <= 1):

@@ -1,5 +1,5 @@
 """GAN losses on discriminator logits: non-saturating logistic (default), hinge and the relativistic pairing
-loss (RpGAN); the lazy R1 penalty."""
+loss (RpGAN); the lazy R1 penalty and the LeCam regulariser."""
 
 from __future__ import annotations
 
@@ -71,3 +71,12 @@ def r1_loss(
     """
     penalty = r1_penalty(real_logits, reals, scale)
     return penalty * (gamma / 2) * interval, penalty
+
+
+def lecam_penalty(real_logits: Tensor, fake_logits: Tensor, real_anchor: float, fake_anchor: float) -> Tensor:
+    """The LeCam regulariser (Tseng et al. 2021), unweighted: ``mean(relu(D(real) - fake_anchor)^2) +
+    mean(relu(real_anchor - D(fake))^2)``, with the anchors the moving averages of D's mean logits on reals
+    and on fakes. It penalises only a real logit above the fakes' average and a fake logit below the reals'
+    average, which bounds how far D's outputs on the two can move apart."""
+    real_term = F.relu(real_logits.float() - fake_anchor).square().mean()
+    return real_term + F.relu(real_anchor - fake_logits.float()).square().mean()

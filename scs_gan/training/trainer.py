@@ -53,7 +53,7 @@ from .checkpoint import (
 )
 from .config import RunConfig, changed_options, load_run_config, merge_for_resume
 from .ema import ema_beta, update_ema
-from .losses import d_loss, g_loss, r1_loss
+from .losses import d_loss, g_loss, lecam_penalty, r1_loss
 from .rundir import RunLock, RunLog, append_jsonl, create_run_dir, keep_previous, truncate_jsonl
 from .signals import StopSignals
 from .stats import layer_stats, peak_memory_mb
@@ -147,12 +147,12 @@ def _loss_scale(accelerator: Accelerator) -> float:
 class CompiledSteps:
     """The ``torch.compile`` forms of the training steps' pieces (``train.compile``), sharing G's and D's
     parameters: ``generate(z)`` is G's forward; ``d_losses(reals, fakes)`` D's forward on both (already
-    augmented) with the D loss, returning the loss and the real logits; ``g_loss(fakes, real_logits, keep)``
+    augmented) with the D loss, returning the loss and the real and fake logits; ``g_loss(fakes, real_logits, keep)``
     D's forward on the augmented fakes with the G loss (``real_logits``: None, or the relativistic loss's;
     ``keep``: None, or top-k training's count)."""
 
     generate: Callable[[Tensor], Tensor]
-    d_losses: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+    d_losses: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
     g_loss: Callable[[Tensor, Tensor | None, Tensor | None], Tensor]
 
 
@@ -304,10 +304,11 @@ class Trainer:
             return images
         return augment(images, self.config.train.augment, self.strength.p)
 
-    def _d_losses(self, reals: Tensor, fakes: Tensor) -> tuple[Tensor, Tensor]:
-        """D's loss on augmented reals and fakes, and its logits on the reals (for ADA's sign statistics)."""
-        real_logits = self.D(reals)
-        return d_loss(self.config.train.loss, real_logits, self.D(fakes)), real_logits
+    def _d_losses(self, reals: Tensor, fakes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """D's loss on augmented reals and fakes, and its logits on both (for ADA's sign statistics, the
+        relativistic G loss and LeCam's averages)."""
+        real_logits, fake_logits = self.D(reals), self.D(fakes)
+        return d_loss(self.config.train.loss, real_logits, fake_logits), real_logits, fake_logits
 
     def _g_loss(self, fakes: Tensor, real_logits: Tensor | None = None, keep: Tensor | None = None) -> Tensor:
         """G's loss on augmented fakes (for the relativistic loss with the D phase's real logits; with
@@ -347,16 +348,18 @@ class Trainer:
         total = self.accelerator.reduce(total, reduction="sum")
         return total[0].item(), int(total[1].item())
 
-    def _d_step(self, reals: list[Tensor], do_r1: bool) -> tuple[Tensor, Tensor, Tensor]:
-        """D's gradients over the micro-batches; returns the mean loss, the mean R1 penalty (0 without R1) and
-        the sum of sign(D(augmented reals)), all as device scalars (read once, in :meth:`step`)."""
+    def _d_step(self, reals: list[Tensor], do_r1: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """D's gradients over the micro-batches; returns the mean loss, the mean R1 penalty (0 without R1),
+        the sum of sign(D(augmented reals)) and D's mean logits on reals and on fakes (a 2-vector), all on
+        the device (read once, in :meth:`step`)."""
         acc, t = self.accelerator, self.config.train
         compiled = self._compiled_steps()
         generate = self.G if compiled is None else compiled.generate
         # the R1 penalty is a gradient through D (create_graph) that backward differentiates again, which
         # AOTAutograd-compiled graphs do not support: R1 steps run D eagerly
         d_losses = self._d_losses if compiled is None or do_r1 else compiled.d_losses
-        losses, penalties, signs = [], [], []
+        losses, penalties, signs, means = [], [], [], []
+        anchors = self.progress.lecam if t.lecam > 0 else None
         self._fakes, self._real_logits = [], []
         for i, real in enumerate(reals):
             sync = contextlib.nullcontext() if i == len(reals) - 1 else acc.no_sync(self.D)
@@ -373,8 +376,11 @@ class Trainer:
                 if do_r1:
                     real = real.detach().requires_grad_(True)
                 # R1 differentiates through the augmentation; reals are augmented first, then fakes
-                loss, real_logits = d_losses(self._augment(real), self._augment(fake.detach()))
+                loss, real_logits, fake_logits = d_losses(self._augment(real), self._augment(fake.detach()))
                 signs.append(real_logits.detach().sign().sum())
+                means.append(torch.stack([real_logits.detach().float().mean(), fake_logits.detach().float().mean()]))
+                if anchors is not None:
+                    loss = loss + t.lecam * lecam_penalty(real_logits, fake_logits, *anchors)
                 if t.loss == "relativistic":
                     self._real_logits.append(real_logits.detach())
                 if do_r1:
@@ -384,7 +390,7 @@ class Trainer:
                 acc.backward(loss / len(reals))
                 losses.append(loss.detach())
         penalty = torch.stack(penalties).mean() if penalties else torch.zeros((), device=acc.device)
-        return torch.stack(losses).mean(), penalty, torch.stack(signs).sum()
+        return torch.stack(losses).mean(), penalty, torch.stack(signs).sum(), torch.stack(means).mean(dim=0)
 
     def _g_step(self) -> Tensor:
         """G's gradients over the micro-batches; returns the mean loss as a device scalar."""
@@ -410,6 +416,14 @@ class Trainer:
             self._average_g_gradients()
         return torch.stack(losses).mean()
 
+    def _update_lecam(self, real_mean: float, fake_mean: float) -> None:
+        """Move LeCam's averages of D's mean logits towards this step's (the first step sets them)."""
+        p, decay = self.progress, self.config.train.lecam_decay
+        if p.lecam is None:
+            p.lecam = [real_mean, fake_mean]
+        else:
+            p.lecam = [decay * a + (1 - decay) * m for a, m in zip(p.lecam, (real_mean, fake_mean), strict=True)]
+
     def _average_g_gradients(self) -> None:
         """Average G's gradients over processes in one reduction (what DDP does in backward when G's forward
         ran in sync mode; with shared fakes every G forward runs under ``no_sync``)."""
@@ -430,7 +444,8 @@ class Trainer:
                     buffer.copy_(self.accelerator.reduce(buffer, reduction="mean"))
 
     def step(self) -> tuple[dict[str, float | None], bool]:
-        """One D update and one G update; returns the losses and whether any process was asked to stop."""
+        """One D update and one G update; returns the losses with D's mean logits on (augmented) reals and
+        fakes in its D step, and whether any process was asked to stop."""
         t, p = self.config.train, self.progress
         do_r1 = t.r1_gamma > 0 and p.step % t.r1_interval == 0
         check_grads = t.mixed_precision != "fp16"  # under fp16 the gradient scaler skips inf steps itself
@@ -440,13 +455,17 @@ class Trainer:
         set_learning_rates(self.opt_D, factor)
         set_learning_rates(self.opt_G, factor)
         # each phase reads the device once (losses, the augmentation statistic, finiteness, the stop signal)
-        loss_d, r1, signs = self._d_step(self._micro_batches(), do_r1)
-        (loss_d, r1, signs), (ok_d, no_signal) = _read_phase(
+        loss_d, r1, signs, means = self._d_step(self._micro_batches(), do_r1)
+        if t.lecam > 0 and self.accelerator.num_processes > 1:
+            means = self.accelerator.reduce(means, reduction="mean")
+        (loss_d, r1, signs, real_mean, fake_mean), (ok_d, no_signal) = _read_phase(
             self.accelerator,
-            [loss_d, r1, signs],
+            [loss_d, r1, signs, *means.unbind()],
             [torch.isfinite(loss_d) & (_grads_finite(self.D) if check_grads else yes), self.stop.received is None],
         )
         apply_step(self.opt_D, ok_d, self.accelerator.scaler)
+        if t.lecam > 0 and ok_d:
+            self._update_lecam(real_mean, fake_mean)
         if t.scs_weight_rms is not None:
             rescale_scs_weights(self.D, t.scs_weight_rms)
         if self.strength is not None:
@@ -471,7 +490,8 @@ class Trainer:
             p.nan_skips += 1
             p.consecutive_bad += 1
         p.loader = self.loader.state_dict()
-        return {"loss_D": loss_d, "loss_G": loss_g, "r1": r1 if do_r1 else None}, not no_signal
+        losses = {"loss_D": loss_d, "loss_G": loss_g, "r1": r1 if do_r1 else None}
+        return {**losses, "logit_real": real_mean, "logit_fake": fake_mean}, not no_signal
 
     # ---------------------------------------------------------------------------------- ticks & outputs
 
@@ -597,7 +617,7 @@ class Trainer:
         else:
             self._write_start_files()
             self._save_fakes()
-        sums: dict[str, list[float]] = {"loss_D": [], "loss_G": [], "r1": []}
+        sums: dict[str, list[float]] = {k: [] for k in ("loss_D", "loss_G", "r1", "logit_real", "logit_fake")}
         bar = tqdm(
             total=t.kimg,
             initial=p.cur_nimg / 1000,

@@ -64,7 +64,18 @@ def test_run_directory_contents(tmp_path):
     stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
     assert [round(s["kimg"], 3) for s in stats] == [0.256, 0.512, 0.768, 1.024, 1.28, 1.536, 1.792, 2.0]
     first = stats[0]
-    for key in ("loss_D", "loss_G", "sec_per_kimg", "images_per_s", "peak_mem_mb", "nan_skips", "p", "q"):
+    for key in (
+        "loss_D",
+        "loss_G",
+        "logit_real",
+        "logit_fake",
+        "sec_per_kimg",
+        "images_per_s",
+        "peak_mem_mb",
+        "nan_skips",
+        "p",
+        "q",
+    ):
         assert key in first, key
     assert sorted(first["p"]) == sorted(first["q"])
     assert sum(k.startswith("G.net.") for k in first["p"]) == 4 and sum(k.startswith("D.net.") for k in first["p"]) == 4
@@ -205,8 +216,8 @@ def test_a_full_disk_is_one_sentence_and_keeps_every_finished_checkpoint(tmp_pat
 
 
 def test_adaptive_augmentation_resumes_bit_exactly(tmp_path):
-    """With ADA and R1 through the augmentation, a run resumed from its end equals one longer run: the
-    strength, its accumulators and the augmentation draws are all restored."""
+    """With ADA, R1 through the augmentation and LeCam, a run resumed from its end equals one longer run: the
+    strength, its accumulators, the augmentation draws and LeCam's averages are all restored."""
     aug = [
         "train.augment=[translation,cutout]",
         "train.augment_p=0.2",
@@ -215,6 +226,7 @@ def test_adaptive_augmentation_resumes_bit_exactly(tmp_path):
         "train.ada_kimg=5",
         "train.r1_gamma=1",
         "train.r1_interval=4",
+        "train.lecam=0.3",
         "train.lr_rampdown=0",  # extended on resume below
     ]
     assert train(tmp_path, "train.kimg=2", *aug, runs="full").returncode == 0

@@ -22,7 +22,7 @@ from scs_gan.models import MinibatchStd, ModelConfig, build_discriminator, build
 from scs_gan.training.checkpoint import resolve_resume
 from scs_gan.training.config import RunConfig, given_keys, load_config, merge_for_resume
 from scs_gan.training.ema import ema_beta, update_ema
-from scs_gan.training.losses import d_loss, g_loss, r1_loss, r1_penalty
+from scs_gan.training.losses import d_loss, g_loss, lecam_penalty, r1_loss, r1_penalty
 from scs_gan.training.rundir import create_run_dir, keep_previous
 from scs_gan.training.trainer import apply_step, lr_factor, param_groups, set_learning_rates
 
@@ -108,6 +108,8 @@ def test_config_file_errors(tmp_path):
         ("train.augment_p=1.5", "train.augment_p must be in [0, 1]"),
         ("train.ada_target=2", "train.ada_target in [-1, 1]"),
         ("train.ada_kimg=0", "train.ada_kimg positive"),
+        ("train.lecam=-0.1", "train.lecam must be >= 0"),
+        ("train.lecam_decay=1", "train.lecam_decay in [0, 1)"),
     ],
 )
 def test_every_number_is_validated_when_loaded(override, message):
@@ -183,6 +185,57 @@ def test_losses():
     loss.backward()
     assert (logits.grad != 0).tolist() == [False, False, True, True]
     torch.testing.assert_close(g_loss("hinge", logits, keep=torch.tensor(4)), g_loss("hinge", logits))
+
+
+def test_lecam_penalises_only_logits_past_the_other_sides_average():
+    real = torch.tensor([2.0, -3.0], requires_grad=True)
+    fake = torch.tensor([0.5, 3.0], requires_grad=True)
+    # anchors: reals have averaged 1, fakes -2; a real above -2 and a fake below 1 are pulled back, squared
+    loss = lecam_penalty(real, fake, real_anchor=1.0, fake_anchor=-2.0)
+    torch.testing.assert_close(loss, torch.tensor((4.0**2 + 0) / 2 + (0.5**2 + 0) / 2))
+    loss.backward()
+    torch.testing.assert_close(real.grad, torch.tensor([4.0, 0.0]))
+    torch.testing.assert_close(fake.grad, torch.tensor([-0.5, 0.0]))
+
+
+def test_lecam_averages_start_at_the_first_step_and_follow_the_mean_logits(tmp_path, monkeypatch):
+    """The first D step has no averages and no penalty and sets them to its mean logits; every later step is
+    penalised against the averages before it, which then move by ``1 - lecam_decay`` towards its own means."""
+    import scs_gan.training.trainer as trainer_module
+    from scs_gan.training import Trainer
+
+    config = load_config(
+        CONFIGS / "smoke.yaml",
+        [f"train.runs_dir={tmp_path}", "train.batch=8", "train.lecam=0.5", "train.lecam_decay=0.9", "metrics.names=[]"],
+    )
+    trainer = Trainer(config)
+    trainer.log.stream = None
+    means, anchors_used = [], []
+    d_losses, penalty = trainer._d_losses, trainer_module.lecam_penalty
+
+    def recording_d_losses(reals, fakes):
+        loss, real_logits, fake_logits = d_losses(reals, fakes)
+        means.append([real_logits.mean().item(), fake_logits.mean().item()])
+        return loss, real_logits, fake_logits
+
+    def recording_penalty(real_logits, fake_logits, real_anchor, fake_anchor):
+        anchors_used.append([real_anchor, fake_anchor])
+        return penalty(real_logits, fake_logits, real_anchor, fake_anchor)
+
+    monkeypatch.setattr(trainer, "_d_losses", recording_d_losses)
+    monkeypatch.setattr(trainer_module, "lecam_penalty", recording_penalty)
+    try:
+        assert trainer.progress.lecam is None
+        trainer.step()
+        assert anchors_used == [] and trainer.progress.lecam == pytest.approx(means[0], rel=1e-6)
+        first = list(trainer.progress.lecam)
+        trainer.step()
+        assert anchors_used == [first]
+        expected = [0.9 * a + 0.1 * m for a, m in zip(first, means[1], strict=True)]
+        assert trainer.progress.lecam == pytest.approx(expected, rel=1e-6)
+    finally:
+        monkeypatch.undo()
+        trainer.close()
 
 
 def test_topk_keeps_the_decayed_fraction_of_each_micro_batch(tmp_path):
@@ -507,11 +560,13 @@ def test_a_training_step_reads_the_device_once_per_phase(tmp_path, monkeypatch):
             "train.r1_interval=1",
             "train.ada_target=0.6",
             "train.augment_p=0.5",
+            "train.lecam=0.3",
             "metrics.names=[]",
         ],
     )
     trainer = Trainer(config)
     trainer.log.stream = None
+    trainer.step()  # LeCam's averages exist from the second step on
     reads: list[str] = []
     package = str(Path(scs_gan.__file__).parent)
 
