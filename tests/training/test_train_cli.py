@@ -353,8 +353,9 @@ def test_nan_guard_skips_counts_and_stops_with_a_checkpoint(tmp_path):
         ("scs", (), "8 per process x 2 x 1"),
         ("cosine", (), "8 per process x 2 x 1"),
         ("conv", (), "8 per process x 2 x 1"),
-        # G's gradients are averaged by the trainer, not by DDP, when the G step reuses the D step's fakes
-        ("scs", ("train.share_fakes=true", "train.batch_gpu=4"), "4 per process x 2 x 2"),
+        # G's gradients are averaged by the trainer, not by DDP, when the G step reuses the D step's fakes;
+        # LeCam's mean logits are reduced over the processes
+        ("scs", ("train.share_fakes=true", "train.batch_gpu=4", "train.lecam=0.3"), "4 per process x 2 x 2"),
     ],
     ids=["scs", "cosine", "conv", "scs-shared-fakes-accumulated"],
 )
