@@ -21,9 +21,12 @@ the M reference reals and N other real images, disjoint from them (what a genera
 data distribution would score under this protocol). Floors are cached by value (dataset fingerprint, N, M,
 weights); ``_full`` protocols, and datasets with fewer than N + M images, have none, and the record says why.
 
-FID, KID and floors feed each process's share to torchmetrics, whose ``compute()`` reduces over processes.
-Precision/recall, density/coverage and IS are computed on features gathered in index order, identically on
-every process.
+KID, and FID where both sets have at least 2,048 images, feed each process's share to torchmetrics, whose
+``compute()`` reduces over processes. FID with fewer images on a side (``fid1k_1k``, ``fid2k_full``: the
+usual protocols) is computed exactly by ``scs_gan.metrics.frechet`` without torchmetrics' 2048 x 2048
+eigendecomposition; it, precision/recall, density/coverage and IS are computed on features gathered in index
+order, identically on every process. KID whose subsets are both whole sets computes its one distinct subset
+once, not 100 times.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from ..errors import UserError
 from ..images import to_uint8
 from ..io import atomic_write, atomic_write_text, cache_dir
 from ..latents import latents_for_seeds
+from .frechet import frechet_distance, low_rank
 from .manifold import density_coverage, knn_squared_radii, precision_recall
 from .protocol import MetricSpec, parse_metric
 from .weights import weights_id
@@ -86,13 +90,19 @@ def _gather_in_order(local: Tensor, count: int, device: torch.device) -> Tensor:
     return out
 
 
-def _implementation(kind: str) -> str:
+def _implementation(kind: str, exact_fid: bool = False) -> str:
     versions = {name: importlib.metadata.version(name) for name in ("torchmetrics", "torch-fidelity")}
     network = (
         f"torch-fidelity {versions['torch-fidelity']} InceptionV3 (TF 2015-12-05 graph), TF-compatible bilinear "
         "resize to 299 (antialias=False), uint8 inputs, grayscale repeated to RGB"
     )
     knn = "float64 Euclidean distances by torch.cdist in row blocks, radius = distance to the k-th nearest other"
+    if kind == "fid" and exact_fid:
+        return (
+            "scs_gan.metrics.frechet.frechet_distance (float64; the trace of the square root of the covariances' "
+            "product as the sum of the singular values of the centred cross-feature matrix, equal to torchmetrics "
+            f"{versions['torchmetrics']} FrechetInceptionDistance up to its rounding) on {network}"
+        )
     if kind in ("fid", "kid"):
         return f"torchmetrics {versions['torchmetrics']} FrechetInceptionDistance/KernelInceptionDistance on {network}"
     if kind == "pr":
@@ -328,7 +338,9 @@ class Evaluator:
             if indices is None:
                 floors[spec.name] = {"value": None, "reason": about}
                 continue
-            path = self._cache_path("floor", ".json", spec.kind, spec.num_fake, spec.num_real)
+            # exact FID floors are cached apart from the earlier ones by torchmetrics' eigendecomposition
+            method = f"{spec.kind}-exact" if self._exact_fid(spec, reals) else spec.kind
+            path = self._cache_path("floor", ".json", method, spec.num_fake, spec.num_real)
             # every process looks before any computes: the main one writes only after the collective computations
             try:
                 cached = json.loads(path.read_text(encoding="utf-8"))
@@ -351,9 +363,7 @@ class Evaluator:
         for spec, indices, about, path in todo:
             reference = reals[spec.num_real][0]
             other = pool[torch.from_numpy(positions(indices))]
-            my_reference = reference[list(shard_indices(len(reference), rank, world))]
-            my_other = other[list(shard_indices(len(other), rank, world))]
-            value, std = self._compute(spec, my_reference, my_other, len(reference))
+            value, std = self._compute(spec, reference, other)
             floor = {"value": value} if std is None else {"value": value, "std": std}
             if rank == 0:
                 atomic_write_text(path, json.dumps(floor))
@@ -409,8 +419,9 @@ class Evaluator:
         num_fake = max(spec.num_fake for spec in specs)
         fakes = self.fake_features(generator, num_fake, z_dim)
         # the k-NN metrics and IS see every generated image, in seed order, on every process
+        # ... and so does FID computed exactly (see _compute)
         gathered = None
-        if any(spec.kind in ("pr", "dc", "is") for spec in specs):
+        if any(spec.kind in ("pr", "dc", "is") or self._exact_fid(spec, reals) for spec in specs):
             gathered = _gather_in_order(fakes, num_fake, self.device)
         floors = self._floors(specs, reals) if self.floors else {}
         results: dict[str, dict[str, Any]] = {}
@@ -427,9 +438,11 @@ class Evaluator:
                     feature=FEATURE,
                 )
                 if spec.kind in ("fid", "kid"):
-                    my_reals = real[list(shard_indices(len(real), rank, world))]
-                    my_fakes = fakes[: len(shard_indices(spec.num_fake, rank, world))]
-                    value, std = self._compute(spec, my_reals, my_fakes, len(real))
+                    if self._exact_fid(spec, reals):
+                        value, std = self._compute(spec, real, gathered[: spec.num_fake])
+                    else:
+                        my_fakes = fakes[: len(shard_indices(spec.num_fake, rank, world))]
+                        value, std = self._compute(spec, real, my_fakes, fake_is_shard=True)
                     record["value"] = value
                     if spec.kind == "kid":
                         record["subset_size"] = kid_subset(spec.num_fake, len(real))[0]
@@ -444,7 +457,7 @@ class Evaluator:
                 dataset=self.dataset.fingerprint,
                 dataset_name=self.dataset.name,
                 weights=f"{self.weights_id} ({self.weights_source})",
-                implementation=_implementation(spec.kind),
+                implementation=_implementation(spec.kind, self._exact_fid(spec, reals)),
                 processes=world,
             )
             results[spec.name] = {**record, **(context or {})}
@@ -477,10 +490,32 @@ class Evaluator:
             mean, std = metric.compute()
         return float(mean), float(std)
 
-    def _compute(self, spec: MetricSpec, my_reals: Tensor, my_fakes: Tensor, num_real: int):
+    @staticmethod
+    def _exact_fid(spec: MetricSpec, reals: dict[int | None, tuple[Tensor, bool]]) -> bool:
+        """Whether ``spec`` is an FID that :func:`frechet_distance` computes without a 2048 x 2048 eigenproblem."""
+        return spec.kind == "fid" and low_rank(len(reals[spec.num_real][0]), spec.num_fake, FEATURE)
+
+    def _compute(
+        self, spec: MetricSpec, real: Tensor, fake: Tensor, fake_is_shard: bool = False
+    ) -> tuple[float, float | None]:
+        """FID or KID (value, spread or None) of generated features ``fake`` against ``real`` (collective).
+
+        ``real`` is the whole set, in index order; so is ``fake`` unless ``fake_is_shard``, where it is this
+        process's share (:func:`shard_indices`). FID with fewer images than features on a side is
+        :func:`frechet_distance` of the whole sets (``fake`` must then be whole), computed alike on every
+        process; otherwise each process feeds its share to torchmetrics, which reduces them.
+        """
         from . import inception
 
         device = self.device
+        rank, world = _rank_world()
+        num_fake = spec.num_fake if fake_is_shard else len(fake)
+        if spec.kind == "fid" and low_rank(len(real), num_fake, FEATURE):
+            if fake_is_shard and world > 1:
+                raise ValueError("the exact FID needs every generated image's features, not one process's share")
+            return frechet_distance(real, fake), None
+        my_reals = real[list(shard_indices(len(real), rank, world))]
+        my_fakes = fake if fake_is_shard else fake[list(shard_indices(len(fake), rank, world))]
         if spec.kind == "fid":
             metric = inception.make_fid(FEATURE).to(device)
             for chunk in my_reals.split(256):
@@ -488,8 +523,9 @@ class Evaluator:
             for chunk in my_fakes.split(256):
                 metric.update(chunk.to(device), real=False)
             return float(metric.compute()), None
-        subset, subsets_differ = kid_subset(spec.num_fake, num_real)
-        metric = inception.make_kid(FEATURE, subset_size=subset).to(device)
+        subset, subsets_differ = kid_subset(num_fake, len(real))
+        # subsets as large as both sets are both whole sets every time: one is the value of all 100
+        metric = inception.make_kid(FEATURE, subset_size=subset, subsets=100 if subsets_differ else 1).to(device)
         metric.update(my_reals.to(device), real=True)
         metric.update(my_fakes.to(device), real=False)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

@@ -21,7 +21,8 @@ from scs_gan.errors import UserError
 from scs_gan.images import to_uint8
 from scs_gan.metrics import weights as W
 from scs_gan.metrics.evaluate import Evaluator, describe
-from scs_gan.metrics.inception import InceptionFeatures, make_fid
+from scs_gan.metrics.frechet import frechet_distance
+from scs_gan.metrics.inception import InceptionFeatures, make_fid, make_kid
 from scs_gan.metrics.protocol import parse_metric
 from scs_gan.models import ModelConfig, build_generator
 from scs_gan.snapshot import save_snapshot
@@ -57,20 +58,21 @@ def test_metric_names_carry_their_protocol():
             parse_metric(bad)
 
 
-def test_fid_of_a_set_against_itself_is_zero_and_rises_with_noise(evaluator):
+def test_fid_of_a_set_against_itself_is_zero_and_rises_with_noise_as_torchmetrics_says(evaluator):
     images = evaluator.dataset.images[:24]
     clean = evaluator.features(images)
     values = []
     gen = torch.Generator().manual_seed(0)
     for sigma in (0.0, 0.02, 0.1):
         noisy = to_uint8(to_float(images) + sigma * torch.randn(images.shape, generator=gen))
-        fid = make_fid()
-        fid.update(clean, real=True)
-        fid.update(evaluator.features(noisy), real=False)
-        values.append(float(fid.compute()))
-    assert abs(values[0]) < 1e-2
+        values.append(frechet_distance(clean, evaluator.features(noisy)))
+    assert abs(values[0]) < 1e-6  # exact: torchmetrics' eigendecomposition leaves up to 1e-2 of rounding here
     assert all(a < b for a, b in itertools.pairwise(values)), values
     assert values[1] > 1
+    fid = make_fid()
+    fid.update(clean, real=True)
+    fid.update(evaluator.features(noisy), real=False)
+    assert float(fid.compute()) == pytest.approx(values[2], rel=1e-5, abs=1e-2)
 
 
 def test_real_feature_cache_is_hit_and_invalidated(evaluator, tmp_path, monkeypatch):
@@ -101,7 +103,8 @@ def test_evaluate_records_say_how_they_were_computed(evaluator):
     assert fid["value"] > 50 and kid["value"] > 0 and kid["subset_size"] == 12
     assert "std" not in kid and "+-" not in describe(kid)  # every 12-image subset of 12 images is the same set
     assert fid["num_fake"] == 12 and fid["num_real"] == 12 and fid["feature"] == 2048
-    assert fid["dataset"] == evaluator.dataset.fingerprint and "torchmetrics" in fid["implementation"]
+    assert fid["dataset"] == evaluator.dataset.fingerprint and "frechet_distance" in fid["implementation"]
+    assert "torchmetrics" in kid["implementation"]
     assert "antialias=False" in fid["implementation"] and fid["kimg"] == 1.0
     again = evaluator.evaluate(generator, model.z_dim, ["fid12_12"])
     assert again["fid12_12"]["value"] == pytest.approx(fid["value"], rel=1e-9)  # seeds 0..11, always
@@ -192,9 +195,15 @@ def test_kid_reports_a_spread_only_where_its_subsets_differ():
     reals, fakes = torch.randn(40, 2048, generator=generator), 1.2 * torch.randn(40, 2048, generator=generator)
     host = Evaluator.__new__(Evaluator)
     host.device = torch.device("cpu")
-    _, std_same = host._compute(parse_metric("kid20_20"), reals[:20], fakes[:20], 20)
-    _, std_more = host._compute(parse_metric("kid20_40"), reals, fakes[:20], 40)
+    same, std_same = host._compute(parse_metric("kid20_20"), reals[:20], fakes[:20])
+    _, std_more = host._compute(parse_metric("kid20_40"), reals, fakes[:20])
     assert std_same is None and std_more is not None and std_more > 1e-6
+    # computed once, not for 100 identical subsets: the value torchmetrics gives with all 100
+    kid = make_kid(2048, subset_size=20)
+    kid.update(reals[:20], real=True)
+    kid.update(fakes[:20], real=False)
+    torch.manual_seed(0)
+    assert same == pytest.approx(float(kid.compute()[0]), rel=1e-5)
 
 
 def test_folded_batch_norms_give_the_published_networks_features(fid_state):
