@@ -26,7 +26,7 @@ def _add_bench(subparsers) -> None:
         default="layers",
         help="layers: SCS against torch layers (default); data: images/s of the data pipeline alone; "
         "train: images/s of full training steps, SCS-GAN vs cosine vs DCGAN of the same topology; "
-        "inception: images/s of the FID/KID feature pass",
+        "inception: images/s of the FID/KID feature pass, and the time of FID and KID themselves",
     )
     p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--repeats", type=int, default=20, help="timed rounds per case, after warm-up (default 20)")

@@ -54,3 +54,14 @@ def test_bad_shapes_are_refused():
         frechet_distance(torch.zeros(4, 3), torch.zeros(4, 2))
     with pytest.raises(ValueError, match="at least 2 rows"):
         frechet_distance(torch.zeros(1, 3), torch.zeros(4, 3))
+
+
+def test_the_scoring_benchmark_times_both_computations_of_the_same_values():
+    from scs_gan.metrics.bench import score_lines
+
+    fid_line, kid_line = score_lines(count=40, feature=64)
+    assert fid_line.startswith("FID of 40 vs 40 features: torchmetrics") and "exact low-rank" in fid_line
+    fid_values = [float(v) for v in fid_line.split("values ")[1].split(" and ")]
+    kid_values = [float(v) for v in kid_line.split("values ")[1].split(" and ")]
+    assert fid_values[0] == pytest.approx(fid_values[1], rel=1e-4)
+    assert kid_values[0] == pytest.approx(kid_values[1], rel=1e-4)
