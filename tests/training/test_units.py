@@ -18,7 +18,15 @@ from scs_gan.config import dump_yaml, from_dict, load_yaml, to_dict
 from scs_gan.errors import UserError
 from scs_gan.images import image_grid
 from scs_gan.latents import latents_for_seeds
-from scs_gan.models import MinibatchStd, ModelConfig, build_discriminator, build_generator, count_parameters, scs_layers
+from scs_gan.models import (
+    MinibatchStd,
+    ModelConfig,
+    Shortcut,
+    build_discriminator,
+    build_generator,
+    count_parameters,
+    scs_layers,
+)
 from scs_gan.training.checkpoint import resolve_resume
 from scs_gan.training.config import RunConfig, given_keys, load_config, merge_for_resume
 from scs_gan.training.ema import ema_beta, update_ema
@@ -364,6 +372,30 @@ def test_minibatch_std_is_small_for_a_collapsed_batch_and_in_every_kind_of_discr
         assert d(torch.randn(6, 1, 32, 32)).shape == (6,)
     with pytest.raises(UserError, match="mbstd_group"):
         load_config(None, ["model.d.mbstd_group=-1"]).model.validate()
+
+
+@pytest.mark.parametrize("kind", ["scs", "cosine", "conv"])
+def test_skip_discriminator_adds_a_linear_shortcut_to_each_downsampling_layer(kind):
+    model = ModelConfig()
+    model.d.kind, model.d.channels = kind, 8
+    plain = build_discriminator(model, 32, 1)
+    model.d.skip = True
+    torch.manual_seed(0)
+    skip = build_discriminator(model, 32, 1)
+    shortcuts = [m for m in skip.modules() if isinstance(m, Shortcut)]
+    # 1 -> 8, 8 -> 16, 16 -> 32 channels over the three halvings; 1x1 weights only, no bias
+    assert [m.shortcut.weight.shape[:2] for m in shortcuts] == [(8, 1), (16, 8), (32, 16)]
+    assert count_parameters(skip) - count_parameters(plain) == 8 * 1 + 16 * 8 + 32 * 16
+    assert not any(isinstance(m, Shortcut) for m in plain.modules())  # off by default: the DCGAN topology
+    x = torch.randn(5, 1, 32, 32)
+    block = shortcuts[0]
+    expected = block.block(x) + torch.nn.functional.conv2d(torch.nn.functional.avg_pool2d(x, 2), block.shortcut.weight)
+    assert torch.allclose(block(x), expected / 2**0.5, atol=1e-6)
+    logits = skip(x.requires_grad_(True))
+    assert logits.shape == (5,)
+    logits.sum().backward()
+    assert x.grad is not None and all(p.grad is not None for p in skip.parameters() if p.requires_grad)
+    assert load_config(None, ["model.d.skip=true"]).model.d.skip is True
 
 
 @pytest.mark.parametrize("kind", ["scs", "cosine", "conv"])
