@@ -45,6 +45,21 @@ def test_bench_prints_ratios_against_targets(tmp_path):
     }
 
 
+def test_bench_times_the_gemm_routes_beside_aten():
+    from scs_gan.nn import _kernels
+
+    if _kernels.get() is None:
+        pytest.skip("the fused kernels could not be built here (no compiler)")
+    result = run("bench", "--batch", "4", "--repeats", "2", "--only", "64->1")
+    assert result.returncode == 0, result.stderr
+    assert "ATen vs GEMM route" in result.stdout
+    routes = [line for line in result.stdout.splitlines() if line.startswith("  G 64->1 @16 k4s2")]
+    assert [line.split()[4] for line in routes] == ["forward", "backward"]
+    assert all("ATen" in line and "GEMM" in line and line.endswith("x") for line in routes)
+    plain = run("bench", "--batch", "4", "--repeats", "2", "--only", "32->64")
+    assert plain.returncode == 0 and "GEMM route" not in plain.stdout  # no routed shape: no section
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

@@ -13,6 +13,10 @@ Around them, each layer's whole forward and backward (the weight normalisation o
 tap norms, the convolutions, the window sums and the kernels) is one C++ function per direction
 (``scs2d_forward``/``scs2d_backward``, ``scst2d_forward``/``scst2d_backward``): in Python that glue was a few
 dozen small operations and autograd nodes per layer and call, which cost more than the kernels themselves.
+Their convolutions call ATen, except on the shapes where oneDNN is several times slower than a plain matrix
+product (one input channel in backward; a transposed layer with one output channel or on a 1x1 input): those
+take an im2col + GEMM route (``dot_conv2d_backward``, ``dot_conv_transpose2d``,
+``dot_conv_transpose2d_backward``; ``set_gemm_routes(False)`` turns it off, for benchmarks).
 
 They are compiled with the system C++ compiler through ``torch.utils.cpp_extension`` the first time a layer
 runs on the CPU (30-90 s, depending on the CPU), into a folder under ``$TORCH_EXTENSIONS_DIR`` (default
@@ -281,12 +285,165 @@ at::Tensor tap_norm2_adjoint(const at::Tensor& grad, int64_t G, int64_t H, int64
   return out;
 }
 
+// im2col for dilation 1: cols[b, (c * KH + ky) * KW + kx, oy * OW + ox] = x[b, c, oy * sh + ky - ph, ox * sw + kx - pw]
+// (0 outside the image), with OH, OW the convolution's output size. ATen's im2col takes 4x longer on these sizes.
+at::Tensor patches(const at::Tensor& x, int64_t KH, int64_t KW, at::IntArrayRef stride, at::IntArrayRef padding) {
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t sh = stride[0], sw = stride[1], ph = padding[0], pw = padding[1];
+  const int64_t OH = (H + 2 * ph - KH) / sh + 1, OW = (W + 2 * pw - KW) / sw + 1;
+  auto xc = x.contiguous();
+  auto cols = at::empty({B, C * KH * KW, OH * OW}, x.options());
+  const float* xp = xc.data_ptr<float>();
+  float* cp = cols.data_ptr<float>();
+  at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bc = begin; bc < end; ++bc) {
+      const float* img = xp + bc * H * W;
+      for (int64_t ky = 0; ky < KH; ++ky) {
+        for (int64_t kx = 0; kx < KW; ++kx) {
+          float* row = cp + (bc * KH * KW + ky * KW + kx) * OH * OW;
+          for (int64_t oy = 0; oy < OH; ++oy) {
+            const int64_t iy = oy * sh + ky - ph;
+            float* out = row + oy * OW;
+            if (iy < 0 || iy >= H) {
+              for (int64_t ox = 0; ox < OW; ++ox) out[ox] = 0.0f;
+              continue;
+            }
+            const float* in = img + iy * W;
+            for (int64_t ox = 0; ox < OW; ++ox) {
+              const int64_t ix = ox * sw + kx - pw;
+              out[ox] = (ix >= 0 && ix < W) ? in[ix] : 0.0f;
+            }
+          }
+        }
+      }
+    }
+  });
+  return cols;
+}
+
+// The adjoint of patches (col2im): sums every column entry back onto the pixel it was read from.
+at::Tensor patches_adjoint(const at::Tensor& cols, int64_t C, int64_t H, int64_t W, int64_t KH, int64_t KW,
+                           at::IntArrayRef stride, at::IntArrayRef padding) {
+  const int64_t B = cols.size(0);
+  const int64_t sh = stride[0], sw = stride[1], ph = padding[0], pw = padding[1];
+  const int64_t OH = (H + 2 * ph - KH) / sh + 1, OW = (W + 2 * pw - KW) / sw + 1;
+  TORCH_CHECK(cols.size(1) == C * KH * KW && cols.size(2) == OH * OW, "patches_adjoint: columns of the wrong shape");
+  auto cc = cols.contiguous();
+  auto x = at::zeros({B, C, H, W}, cols.options());
+  const float* cp = cc.data_ptr<float>();
+  float* xp = x.data_ptr<float>();
+  at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bc = begin; bc < end; ++bc) {
+      float* img = xp + bc * H * W;
+      for (int64_t ky = 0; ky < KH; ++ky) {
+        for (int64_t kx = 0; kx < KW; ++kx) {
+          const float* row = cp + (bc * KH * KW + ky * KW + kx) * OH * OW;
+          for (int64_t oy = 0; oy < OH; ++oy) {
+            const int64_t iy = oy * sh + ky - ph;
+            if (iy < 0 || iy >= H) continue;
+            float* out = img + iy * W;
+            const float* in = row + oy * OW;
+            for (int64_t ox = 0; ox < OW; ++ox) {
+              const int64_t ix = ox * sw + kx - pw;
+              if (ix >= 0 && ix < W) out[ix] += in[ox];
+            }
+          }
+        }
+      }
+    }
+  });
+  return x;
+}
+
 at::Tensor square_sum(const at::Tensor& x, int64_t groups) {
   const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
   return group_square_sum(x.contiguous().view({B, x.size(1), H * W}), groups).view({B, groups, H, W});
 }
 
 }  // namespace
+
+// The convolutions of the layers, with a plain GEMM where oneDNN is slow on the shape. oneDNN handles the
+// networks' wide layers well, but a convolution with one input channel (the discriminator's first layer on
+// grayscale) is 3-5x slower than im2col + GEMM in backward, a transposed convolution with one output
+// channel (the generator's last layer) is 3-5x slower in both directions, and a transposed layer on a 1x1
+// input (the generator's first) is one matrix product that oneDNN runs 4x slower (`scs-gan bench` prints
+// both routes side by side; docs/PERFORMANCE.md). Those shapes take the GEMM route, the rest call ATen.
+
+static bool gemm_routes = true;  // off only to measure what the routes save (set_gemm_routes)
+
+void set_gemm_routes(bool on) { gemm_routes = on; }
+
+static bool conv_gemm(const at::Tensor& w, int64_t groups) { return gemm_routes && groups == 1 && w.size(1) == 1; }
+
+static bool tconv_dense(const at::Tensor& x, const at::Tensor& w, int64_t groups, at::IntArrayRef padding,
+                        at::IntArrayRef output_padding) {
+  return gemm_routes && groups == 1 && x.size(2) == 1 && x.size(3) == 1 && padding[0] == 0 && padding[1] == 0 &&
+         output_padding[0] == 0 && output_padding[1] == 0;
+}
+
+static bool tconv_gemm(const at::Tensor& w, int64_t groups) { return gemm_routes && groups == 1 && w.size(1) == 1; }
+
+// [grad_x, grad_w] of conv2d(x, w) (dilation 1) for the flagged gradients; undefined (None) where not asked for.
+std::vector<torch::Tensor> dot_conv2d_backward(torch::Tensor g, torch::Tensor x, torch::Tensor w,
+                                               std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                               int64_t groups, bool need_x, bool need_w) {
+  if (!conv_gemm(w, groups)) {
+    auto grads = at::convolution_backward(g, x, w, c10::nullopt, stride, padding, {1, 1}, false, {0, 0}, groups,
+                                          {need_x, need_w, false});
+    return {std::get<0>(grads), std::get<1>(grads)};
+  }
+  const int64_t B = x.size(0), O = w.size(0), K = w.size(1) * w.size(2) * w.size(3);
+  auto g3 = g.contiguous().view({B, O, -1});
+  at::Tensor grad_x, grad_w;
+  if (need_w) {
+    auto cols = patches(x, w.size(2), w.size(3), stride, padding);  // [B, K, L]
+    grad_w = at::matmul(g3, cols.transpose(1, 2)).sum(0).view(w.sizes());
+  }
+  if (need_x) {
+    auto cols = at::matmul(w.reshape({O, K}).t(), g3);  // [B, K, L]
+    grad_x = patches_adjoint(cols, x.size(1), x.size(2), x.size(3), w.size(2), w.size(3), stride, padding);
+  }
+  return {grad_x, grad_w};
+}
+
+// conv_transpose2d(x, w) (dilation 1); w is [Cin, O / groups, KH, KW].
+torch::Tensor dot_conv_transpose2d(torch::Tensor x, torch::Tensor w, std::vector<int64_t> stride,
+                                   std::vector<int64_t> padding, std::vector<int64_t> output_padding, int64_t groups) {
+  const int64_t B = x.size(0), Cin = w.size(0), OK = w.size(1) * w.size(2) * w.size(3);
+  if (tconv_dense(x, w, groups, padding, output_padding)) {
+    return at::matmul(x.reshape({B, Cin}), w.reshape({Cin, OK})).view({B, w.size(1), w.size(2), w.size(3)});
+  }
+  if (!tconv_gemm(w, groups)) return at::conv_transpose2d(x, w, {}, stride, padding, output_padding, groups, {1, 1});
+  const int64_t OH = (x.size(2) - 1) * stride[0] - 2 * padding[0] + w.size(2) + output_padding[0];
+  const int64_t OW = (x.size(3) - 1) * stride[1] - 2 * padding[1] + w.size(3) + output_padding[1];
+  auto cols = at::matmul(w.reshape({Cin, OK}).t(), x.contiguous().view({B, Cin, -1}));  // [B, O*KH*KW, H*W]
+  return patches_adjoint(cols, w.size(1), OH, OW, w.size(2), w.size(3), stride, padding);
+}
+
+// [grad_x, grad_w] of conv_transpose2d(x, w) (dilation 1) for the flagged gradients.
+std::vector<torch::Tensor> dot_conv_transpose2d_backward(torch::Tensor g, torch::Tensor x, torch::Tensor w,
+                                                         std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                                         std::vector<int64_t> output_padding, int64_t groups,
+                                                         bool need_x, bool need_w) {
+  const int64_t B = x.size(0), Cin = w.size(0), OK = w.size(1) * w.size(2) * w.size(3);
+  const bool dense = tconv_dense(x, w, groups, padding, output_padding);
+  if (!dense && !tconv_gemm(w, groups)) {
+    auto grads = at::convolution_backward(g, x, w, c10::nullopt, stride, padding, {1, 1}, true, output_padding,
+                                          groups, {need_x, need_w, false});
+    return {std::get<0>(grads), std::get<1>(grads)};
+  }
+  // the gradient of the columns: g itself for the dense case, else its im2col patches [B, O*KH*KW, H*W]
+  auto gc = dense ? g.contiguous().view({B, OK, 1})
+                  : patches(g, w.size(2), w.size(3), stride, padding);
+  at::Tensor grad_x, grad_w;
+  if (need_x) grad_x = at::matmul(w.reshape({Cin, OK}), gc).view(x.sizes());
+  if (need_w) {
+    auto x3 = x.contiguous().view({B, Cin, -1});
+    grad_w = dense ? at::matmul(x3.view({B, Cin}).t(), gc.view({B, OK})).view(w.sizes())
+                   : at::matmul(x3, gc.transpose(1, 2)).sum(0).view(w.sizes());
+  }
+  return {grad_x, grad_w};
+}
 
 // SCS2d forward from the raw weight: returns (y, w_hat, w_scale, inv, norm); w_hat = weight * w_scale.
 std::vector<torch::Tensor> scs2d_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor p, torch::Tensor q,
@@ -321,12 +478,11 @@ std::vector<torch::Tensor> scs2d_backward(torch::Tensor g, torch::Tensor x, torc
   if (needs[2] && p.numel() > 0) grad_p = parts[2];
   if (needs[4] && has_bias) grad_bias = g.sum({0, 2, 3});
   if (needs[0] || needs[1]) {
-    auto grads = at::convolution_backward(parts[0].view(y.sizes()), x, w_hat, c10::nullopt, stride, padding, {1, 1},
-                                          false, {0, 0}, groups, {needs[0], needs[1], false});
-    grad_x = std::get<0>(grads);
+    auto grads = dot_conv2d_backward(parts[0].view(y.sizes()), x, w_hat, stride, padding, groups, needs[0], needs[1]);
+    grad_x = grads[0];
     if (needs[1]) {
       // through w_hat = w * (sum w^2 + eps)^(-1/2): grad_w = w_scale * (G - w_hat * sum(G * w_hat))
-      auto gw = std::get<1>(grads);
+      auto gw = grads[1];
       grad_w = gw.sub_(w_hat * (gw * w_hat).sum({1, 2, 3}, true)).mul_(w_scale);
     }
   }
@@ -346,7 +502,7 @@ std::vector<torch::Tensor> scst2d_forward(torch::Tensor x, torch::Tensor w, torc
                                           std::vector<int64_t> padding, std::vector<int64_t> output_padding,
                                           int64_t groups, double eps) {
   const int64_t B = x.size(0), Cin = w.size(0), Og = w.size(1), KH = w.size(2), KW = w.size(3), G = groups;
-  auto dot = at::conv_transpose2d(x, w, {}, stride, padding, output_padding, groups, {1, 1}).contiguous();
+  auto dot = dot_conv_transpose2d(x, w, stride, padding, output_padding, groups).contiguous();
   const int64_t O = dot.size(1), OH = dot.size(2), OW = dot.size(3);
   auto norm = window_sum_adjoint(square_sum(x, groups), OH, OW, {KH, KW}, stride, padding).add_(eps).sqrt_();
   auto inv_x = (norm + q).reciprocal_();
@@ -375,15 +531,15 @@ std::vector<torch::Tensor> scst2d_backward(torch::Tensor g, torch::Tensor x, tor
   if (needs[2] && p.numel() > 0) grad_p = parts[2];
   if (needs[4] && has_bias) grad_bias = g.sum({0, 2, 3});
   if (needs[0] || needs[1]) {
-    auto grads = at::convolution_backward(parts[0].view(y.sizes()), x, w, c10::nullopt, stride, padding, {1, 1}, true,
-                                          output_padding, groups, {needs[0], needs[1], false});
-    grad_x = std::get<0>(grads);
+    auto grads = dot_conv_transpose2d_backward(parts[0].view(y.sizes()), x, w, stride, padding, output_padding, groups,
+                                           needs[0], needs[1]);
+    grad_x = grads[0];
     if (needs[1]) {
       // inv_w = (conv_transpose2d(ones, w2) + eps)^(-1/2), and w2 sums w^2 over each group's input channels
       auto inv_w3 = inv_w.view({O, OH, OW});
       auto grad_wn2 = parts[3].view({B, O, OH, OW}).sum(0).mul_(inv_w3).mul_(inv_w3).mul_(-0.5);
       auto grad_w2 = tap_norm2_adjoint(grad_wn2, G, x.size(2), x.size(3), KH, KW, stride, padding);
-      grad_w = std::get<1>(grads);
+      grad_w = grads[1];
       auto gw5 = grad_w.view({G, Cin / G, -1, KH, KW});
       gw5.addcmul_(w.view(gw5.sizes()), grad_w2.unsqueeze(1), 2.0);
     }
@@ -402,6 +558,16 @@ torch::Tensor group_square_sum(torch::Tensor x, int64_t groups);
 void forward_(torch::Tensor dot, torch::Tensor inv_x, torch::Tensor inv_w, torch::Tensor p, double eps);
 std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor y, torch::Tensor inv_x, torch::Tensor inv_w,
                                     torch::Tensor p, double eps, bool keep_t);
+void set_gemm_routes(bool on);
+std::vector<torch::Tensor> dot_conv2d_backward(torch::Tensor g, torch::Tensor x, torch::Tensor w,
+                                               std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                               int64_t groups, bool need_x, bool need_w);
+torch::Tensor dot_conv_transpose2d(torch::Tensor x, torch::Tensor w, std::vector<int64_t> stride,
+                                   std::vector<int64_t> padding, std::vector<int64_t> output_padding, int64_t groups);
+std::vector<torch::Tensor> dot_conv_transpose2d_backward(torch::Tensor g, torch::Tensor x, torch::Tensor w,
+                                                         std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                                         std::vector<int64_t> output_padding, int64_t groups,
+                                                         bool need_x, bool need_w);
 std::vector<torch::Tensor> scs2d_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor p, torch::Tensor q,
                                          torch::Tensor bias, std::vector<int64_t> stride,
                                          std::vector<int64_t> padding, int64_t groups, double eps);
@@ -453,6 +619,10 @@ def _build():
             "group_square_sum",
             "forward_",
             "backward",
+            "set_gemm_routes",
+            "dot_conv2d_backward",
+            "dot_conv_transpose2d",
+            "dot_conv_transpose2d_backward",
             "scs2d_forward",
             "scs2d_backward",
             "scst2d_forward",

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from . import _kernels
 from .modules import SCS2d, SCSTranspose2d
 
 try:
@@ -221,6 +222,57 @@ def format_table(results: list[CaseResult], summary: dict[str, float], header: s
     return "\n".join(lines)
 
 
+def _route_calls(case: LayerCase, batch: int) -> list[tuple[str, Callable[[], object]]]:
+    """The convolution calls of ``case``'s SCS layer that the fused kernels' GEMM routes may take."""
+    module = _kernels.get()
+    gen = torch.Generator().manual_seed(0)
+    k, st, pad = case.kernel, [case.stride] * 2, [case.padding] * 2
+    x = torch.randn(batch, case.in_channels, case.size, case.size, generator=gen)
+    if case.transposed:
+        w = torch.randn(case.in_channels, case.out_channels, k, k, generator=gen)
+        y = module.dot_conv_transpose2d(x, w, st, pad, [0, 0], 1)
+        g = torch.randn(y.shape, generator=gen)
+        return [
+            ("forward", lambda: module.dot_conv_transpose2d(x, w, st, pad, [0, 0], 1)),
+            (
+                "backward",
+                lambda: module.dot_conv_transpose2d_backward(g, x, w, st, pad, [0, 0], 1, case.input_grad, True),
+            ),
+        ]
+    w = torch.randn(case.out_channels, case.in_channels, k, k, generator=gen)
+    g = torch.randn(torch.nn.functional.conv2d(x, w, None, case.stride, case.padding).shape, generator=gen)
+    return [("backward", lambda: module.dot_conv2d_backward(g, x, w, st, pad, 1, case.input_grad, True))]
+
+
+def route_lines(cases: list[LayerCase], batch: int, repeats: int) -> list[str]:
+    """ATen's convolutions against the GEMM routes the fused CPU kernels take for the shapes that have one
+    (one input channel; a transposed layer with one output channel or on a 1x1 input), interleaved."""
+    module = _kernels.get()
+    routed = [c for c in cases if c.in_channels == 1 or (c.transposed and (c.out_channels == 1 or c.size == 1))]
+    if module is None or not routed:
+        return []
+    lines = [
+        "",
+        f"convolutions inside the SCS layers (batch {batch}, {repeats} interleaved rounds): ATen vs GEMM route",
+    ]
+    for case in routed:
+        for what, call in _route_calls(case, batch):
+            times: dict[bool, list[float]] = {False: [], True: []}
+            try:
+                for rnd in range(repeats + 3):
+                    for gemm in (False, True):
+                        module.set_gemm_routes(gemm)
+                        start = time.perf_counter()
+                        call()
+                        if rnd >= 3:  # warm-up rounds are not timed
+                            times[gemm].append(time.perf_counter() - start)
+            finally:
+                module.set_gemm_routes(True)
+            aten, gemm = (1e3 * statistics.median(times[flag]) for flag in (False, True))
+            lines.append(f"  {case.name:<22}{what:<10}ATen {aten:7.2f} ms   GEMM {gemm:7.2f} ms   {aten / gemm:5.1f}x")
+    return lines
+
+
 def main(
     batch: int = 64,
     repeats: int = 20,
@@ -252,6 +304,8 @@ def main(
         f"torch {torch.__version__}, autocast {autocast}, {'torch.compile' if compile_layers else 'eager'}"
     )
     print(format_table(results, summary, header))
+    if dev.type == "cpu" and autocast_dtype is None and not compile_layers:
+        print("\n".join(route_lines(cases, batch, repeats)))
     if json_path:
         with open(json_path, "w") as f:
             json.dump({"header": header, "results": [asdict(r) for r in results], "summary": summary}, f, indent=2)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,10 @@ from .trainer import Trainer
 KINDS = ("scs", "cosine", "conv")
 COMPILED = "+compile"  # the suffix of a compiled case's name, e.g. scs+compile
 COMPILE_WARMUP = 2  # extra warm-up steps of a compiled case after its first (compiling) step
+
+
+def _nothing() -> None:
+    pass
 
 
 def _timed_step(trainer: Trainer) -> float:
@@ -38,14 +43,21 @@ class StepTimes:
     device: str
 
 
-def interleaved_step_times(cases: dict[str, list[str]], steps: int, warmups: dict[str, int]) -> StepTimes:
+def interleaved_step_times(
+    cases: dict[str, list[str]],
+    steps: int,
+    warmups: dict[str, int],
+    before_step: dict[str, Callable[[], None]] | None = None,
+) -> StepTimes:
     """Time full training steps of several configurations side by side.
 
     ``cases`` maps a name to dotted overrides of the default configuration (metrics and the progress bar are
     off, runs go to a temporary directory). Each case takes one untimed first step, then ``warmups[name]`` more
     (default 0); then the cases take ``steps`` steps in turn, so a change in the host's load falls on all of
-    them alike.
+    them alike. ``before_step[name]``, if given, runs (untimed) before each of that case's steps, e.g. to
+    switch a process-wide setting for it.
     """
+    before_step = before_step or {}
     first_step: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         trainers: dict[str, Trainer] = {}
@@ -57,11 +69,13 @@ def interleaved_step_times(cases: dict[str, list[str]], steps: int, warmups: dic
                 trainers[name].log.stream = None  # quiet
             times: dict[str, list[float]] = {name: [] for name in cases}
             for name, trainer in trainers.items():
+                before_step.get(name, _nothing)()
                 first_step[name] = _timed_step(trainer)
                 for _ in range(warmups.get(name, 0)):
                     trainer.step()
             for _ in range(steps):
                 for name, trainer in trainers.items():
+                    before_step.get(name, _nothing)()
                     times[name].append(_timed_step(trainer))
         finally:
             for trainer in trainers.values():

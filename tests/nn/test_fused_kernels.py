@@ -163,3 +163,62 @@ def test_the_sharpening_loops_are_vectorised():
     symbols = subprocess.run(["nm", "-D", module.__file__], capture_output=True, text=True, check=True).stdout
     prefix = "_ZGVeN16v_" if capability == "AVX512" else "_ZGVdN8v_"
     assert f"{prefix}expf" in symbols and f"{prefix}logf" in symbols
+
+
+# (transposed, x shape, weight shape, stride, padding, output_padding, groups): the shapes the GEMM routes take
+# (one input channel, one output channel of a transposed layer, a transposed layer on a 1x1 input) and shapes
+# next to them that must keep calling ATen (grouped, three channels, padded 1x1 input)
+CONV_ROUTES = [
+    (False, (3, 1, 16, 16), (8, 1, 4, 4), 2, 1, 0, 1),
+    (False, (2, 1, 9, 7), (5, 1, 3, 3), 1, 1, 0, 1),
+    (False, (2, 1, 11, 11), (4, 1, 4, 4), 3, 0, 0, 1),
+    (False, (3, 2, 8, 8), (4, 1, 4, 4), 2, 1, 0, 2),
+    (False, (3, 3, 8, 8), (4, 3, 4, 4), 2, 1, 0, 1),
+    (True, (3, 8, 8, 8), (8, 1, 4, 4), 2, 1, 0, 1),
+    (True, (2, 6, 7, 5), (6, 1, 4, 4), 2, 1, 1, 1),
+    (True, (2, 4, 5, 5), (4, 1, 3, 3), 1, 0, 0, 1),
+    (True, (3, 16, 1, 1), (16, 8, 4, 4), 1, 0, 0, 1),
+    (True, (3, 16, 1, 1), (16, 8, 4, 4), 2, 0, 0, 1),
+    (True, (3, 1, 1, 1), (1, 8, 4, 4), 1, 0, 0, 1),
+    (True, (3, 16, 1, 1), (16, 8, 4, 4), 1, 1, 0, 1),
+    (True, (3, 4, 6, 6), (4, 1, 4, 4), 2, 1, 0, 2),
+    (True, (3, 8, 4, 4), (8, 3, 4, 4), 2, 1, 0, 1),
+]
+
+
+@pytest.mark.parametrize("transposed,x_shape,w_shape,stride,padding,output_padding,groups", CONV_ROUTES)
+def test_the_layers_convolutions_match_aten_on_every_route(
+    kernel_mode, transposed, x_shape, w_shape, stride, padding, output_padding, groups
+):
+    """The convolutions inside the one-call layers (a GEMM route on the shapes where oneDNN is slow) give
+    ATen's results and gradients, for each subset of gradients asked for."""
+    kernel_mode("fused")
+    module = _kernels.get()
+    if module is None:
+        pytest.skip("the fused kernels could not be built here (no compiler)")
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(x_shape, generator=gen), torch.randn(w_shape, generator=gen)
+    st, pad, opad = [stride] * 2, [padding] * 2, [output_padding] * 2
+    if transposed:
+        y_ref = torch.nn.functional.conv_transpose2d(x, w, None, stride, padding, output_padding, groups)
+        y = module.dot_conv_transpose2d(x, w, st, pad, opad, groups)
+    else:
+        y_ref = torch.nn.functional.conv2d(x, w, None, stride, padding, 1, groups)
+        y = None  # the forward convolution stays ATen's
+    if y is not None:
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn(y_ref.shape, generator=gen)
+    for need_x, need_w in [(True, True), (True, False), (False, True)]:
+        ref = torch.ops.aten.convolution_backward(
+            g, x, w, None, st, pad, [1, 1], transposed, opad if transposed else [0, 0], groups, [need_x, need_w, False]
+        )[:2]
+        if transposed:
+            got = module.dot_conv_transpose2d_backward(g, x, w, st, pad, opad, groups, need_x, need_w)
+        else:
+            got = module.dot_conv2d_backward(g, x, w, st, pad, groups, need_x, need_w)
+        for a, b, needed in zip(got, ref, (need_x, need_w), strict=True):
+            if needed:
+                assert a.shape == b.shape
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+            else:
+                assert a is None
