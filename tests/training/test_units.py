@@ -715,3 +715,26 @@ def test_rescaled_scs_weights_change_no_output_and_training_keeps_them_at_the_rm
         trainer.close()
     with pytest.raises(UserError, match="scs_weight_rms"):
         load_config(None, ["train.scs_weight_rms=0"]).validate()
+
+
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), float("-inf")])
+def test_the_gradient_finiteness_check_sees_any_bad_value_and_changes_nothing(bad):
+    from scs_gan.training.trainer import _grads_finite
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 2, 3, bias=False), torch.nn.Linear(2, 3))
+    for i, param in enumerate(net.parameters()):
+        param.grad = torch.randn(param.shape, generator=torch.Generator().manual_seed(i))
+        param.grad.view(-1)[0] = -0.0
+    net[1].weight.grad = None  # a parameter without a gradient is skipped
+    if bad is not None:
+        net[2].weight.grad[1, 0] = bad
+    before = [p.grad.clone() for p in net.parameters() if p.grad is not None]
+    finite = _grads_finite(net)
+    assert finite.dtype == torch.bool and finite.shape == () and bool(finite) == (bad is None)
+    after = [p.grad for p in net.parameters() if p.grad is not None]
+    for a, b in zip(after, before, strict=True):
+        torch.testing.assert_close(a, b, equal_nan=True, rtol=0, atol=0)
+        assert torch.equal(torch.signbit(a), torch.signbit(b))
+    net.double()  # float64 gradients take the per-parameter path
+    assert net[2].weight.grad.dtype == torch.float64
+    assert bool(_grads_finite(net)) == (bad is None)
