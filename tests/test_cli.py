@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -76,3 +77,41 @@ def test_user_errors_are_one_sentence_without_traceback(args, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_step_timing_scripts_run_and_refuse_unknown_case_names():
+    """scripts/step_ratios.py (with a case whose GEMM routes are off) and scripts/channels_last_step.py."""
+    root = Path(__file__).resolve().parents[1]
+
+    def script(name: str, *args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, str(root / "scripts" / name), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+
+    from scs_gan.nn import _kernels
+
+    small = ["model.g.channels=8", "model.d.channels=8", "train.batch=8"]
+    if _kernels.get() is not None:
+        result = script(
+            "step_ratios.py",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--case",
+            "a",
+            *small,
+            "--case",
+            "b",
+            *small,
+            "--aten-convs",
+            "b",
+        )
+        assert result.returncode == 0, result.stderr
+        assert re.search(r"^a\s+[\d.]+ ms/step\s+1\.00x", result.stdout, re.M)
+        assert re.search(r"^b\s+[\d.]+ ms/step", result.stdout, re.M)
+    bad = script("step_ratios.py", "--steps", "1", "--case", "a", "--aten-convs", "c")
+    assert bad.returncode != 0 and "--aten-convs names no --case: c" in bad.stderr
+    result = script("channels_last_step.py", "--steps", "1", *small)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^nchw\s+[\d.]+ ms/step", result.stdout, re.M)
+    assert re.search(r"^channels_last\s+[\d.]+ ms/step", result.stdout, re.M)
