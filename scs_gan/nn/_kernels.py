@@ -286,7 +286,8 @@ at::Tensor tap_norm2_adjoint(const at::Tensor& grad, int64_t G, int64_t H, int64
 }
 
 // im2col for dilation 1: cols[b, (c * KH + ky) * KW + kx, oy * OW + ox] = x[b, c, oy * sh + ky - ph, ox * sw + kx - pw]
-// (0 outside the image), with OH, OW the convolution's output size. ATen's im2col takes 4x longer on these sizes.
+// (0 outside the image), with OH, OW the convolution's output size. On D's first layer (batch 64, 1 x 32 x 32)
+// ATen's im2col (F.unfold) took 0.67 ms here, a strided copy of the same patches 0.15 ms.
 at::Tensor patches(const at::Tensor& x, int64_t KH, int64_t KW, at::IntArrayRef stride, at::IntArrayRef padding) {
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t sh = stride[0], sw = stride[1], ph = padding[0], pw = padding[1];
