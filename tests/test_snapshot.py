@@ -29,9 +29,9 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 V1_FILE, V1_HUB = FIXTURES / "v1-generator-w4.safetensors", FIXTURES / "v1-hub-w4"
 
 
-def _generator(channels: int = 8, z_dim: int = 16):
+def _generator(channels: int = 8, z_dim: int = 16, skip: bool = False):
     model = ModelConfig(z_dim=z_dim)
-    model.g.channels = channels
+    model.g.channels, model.g.skip = channels, skip
     torch.manual_seed(0)
     return build_generator(model, 32, 1).eval()
 
@@ -84,9 +84,10 @@ def test_both_layouts_hold_the_same_header(tmp_path):
     assert in_file["run_config"] == run_config and in_file["extra"] == {"kimg": 2.0}
 
 
-def test_round_trip_and_a_run_config_this_version_does_not_know(tmp_path):
+@pytest.mark.parametrize("skip", [False, True], ids=["dcgan-topology", "skip-generator"])
+def test_round_trip_and_a_run_config_this_version_does_not_know(tmp_path, skip):
     """Only the generator section is parsed strictly: renamed or removed training options do not matter."""
-    generator = _generator()
+    generator = _generator(skip=skip)
     foreign = {"train": {"a_renamed_option": 3}, "data": {"name": "something-new"}, "whatever": [1, 2]}
     save_snapshot(generator, tmp_path / "s.safetensors", foreign, {"kimg": 1.0})
     loaded = load_generator(tmp_path / "s.safetensors")
@@ -95,6 +96,7 @@ def test_round_trip_and_a_run_config_this_version_does_not_know(tmp_path):
         assert torch.equal(loaded(z), generator(z))
     assert loaded.snapshot_info.run_config == foreign and loaded.snapshot_info.extra == {"kimg": 1.0}
     assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
+    assert loaded.config.skip is skip and (loaded.to_image is not None) is skip
 
 
 def _write_v2(path: Path, tensors: dict, header: object) -> Path:

@@ -6,7 +6,9 @@ Topology for resolution ``R`` (a power of two, >= 8) and base width ``w``:
   double the size and halve the channels -> at ``R/2`` one more k4 s2 p1 layer to the image channels ->
   ``tanh``. The widths are ``w * 2**i`` counted from the image end (capped at ``max_channels``).
   ``extra_layers_at`` adds a k3 s1 p1 layer of the same width after the layer that reaches each named
-  resolution.
+  resolution. ``skip`` turns it into StyleGAN2's skip generator: every hidden resolution also maps its
+  features to an image through a 1x1 layer, and the images are summed, each upsampled (bilinear) to the next
+  resolution, before the output gain and ``tanh``.
 * Discriminator: the mirror image: k4 s2 p1 layers from ``R`` down to ``4x4`` with widths ``w, 2w, ...``,
   then a k4 layer to one ``1x1`` logit.
 
@@ -66,6 +68,7 @@ class GeneratorConfig:
     out_gain: float = 2.0
     gain_lr_mul: float = 50.0
     extra_layers_at: list[int] = field(default_factory=list)
+    skip: bool = False
 
 
 @dataclass
@@ -265,6 +268,7 @@ class Generator(nn.Module):
                 f"(the image is {resolution}x{resolution})"
             )
         layers: list[nn.Module] = []
+        self._taps: list[int] = []  # index in `net` of the last module of each hidden resolution
         in_ch = z_dim
         for i, out_ch in enumerate(widths):
             stride, padding = (1, 0) if i == 0 else (2, 1)
@@ -277,17 +281,25 @@ class Generator(nn.Module):
                 if act is not None:
                     layers.append(act)
                 in_ch = out_ch
+            self._taps.append(len(layers) - 1)
         layers.append(self._layer(in_ch, channels, 2, 1, bias=kind == "conv"))
         if kind != "conv":
             layers.append(Gain(config.out_gain, config.gain_lr_mul))
         layers.append(nn.Tanh())
         self.net = nn.Sequential(*layers)
+        self.to_image: nn.ModuleList | None = None  # skip: a 1x1 layer from each hidden resolution to an image
+        if config.skip:
+            self.to_image = nn.ModuleList(
+                self._layer(w, channels, 1, 0, bias=kind == "conv", kernel=1, transposed=False) for w in widths
+            )
 
-    def _layer(self, in_ch: int, out_ch: int, stride: int, padding: int, bias: bool, kernel: int = 4) -> nn.Module:
+    def _layer(
+        self, in_ch: int, out_ch: int, stride: int, padding: int, bias: bool, kernel: int = 4, transposed: bool = True
+    ) -> nn.Module:
         c = self.config
         if c.kind == "conv":
-            return nn.ConvTranspose2d(in_ch, out_ch, kernel, stride, padding, bias=bias)
-        return SCSTranspose2d(
+            return (nn.ConvTranspose2d if transposed else nn.Conv2d)(in_ch, out_ch, kernel, stride, padding, bias=bias)
+        return (SCSTranspose2d if transposed else SCS2d)(
             in_ch,
             out_ch,
             kernel,
@@ -302,7 +314,23 @@ class Generator(nn.Module):
         )
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.net(z.view(z.shape[0], self.z_dim, 1, 1))
+        x = z.view(z.shape[0], self.z_dim, 1, 1)
+        if self.to_image is None:
+            return self.net(x)
+        image: Tensor | None = None
+        last = self._taps[-1] + 1  # the k4 s2 layer to the image
+        for i, layer in enumerate(self.net[:last]):
+            x = layer(x)
+            if i in self._taps:
+                image = self._add_image(image, self.to_image[self._taps.index(i)](x))
+        image = self._add_image(image, self.net[last](x))
+        return self.net[last + 1 :](image)
+
+    @staticmethod
+    def _add_image(image: Tensor | None, new: Tensor) -> Tensor:
+        if image is None:
+            return new
+        return new + nn.functional.interpolate(image, scale_factor=2, mode="bilinear", align_corners=False)
 
 
 class Discriminator(nn.Module):

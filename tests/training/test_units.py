@@ -433,6 +433,43 @@ def test_extra_generator_layers_add_one_k3_layer_per_named_resolution(kind):
             build_generator(config.model, 32, 1)
 
 
+@pytest.mark.parametrize("kind", ["scs", "cosine", "conv"])
+def test_skip_generator_sums_an_image_from_every_resolution(kind):
+    model = ModelConfig(z_dim=16)
+    model.g.kind, model.g.channels = kind, 8
+    plain = build_generator(model, 32, 1)
+    model.g.skip = True
+    skip = build_generator(model, 32, 1)
+    # one 1x1 layer per hidden resolution (4, 8, 16 with widths 32, 16, 8) to the one image channel: its weights,
+    # plus an exponent and a norm floor (scs), a norm floor (cosine) or a bias (conv) per layer
+    per_layer = {"scs": 2, "cosine": 1, "conv": 1}[kind]
+    assert count_parameters(skip) - count_parameters(plain) == 32 + 16 + 8 + 3 * per_layer
+    skip.load_state_dict(plain.state_dict(), strict=False)  # the shared layers, so only the skips differ
+    z = torch.randn(3, 16)
+    images = skip(z)
+    assert images.shape == (3, 1, 32, 32) and images.abs().max() <= 1
+    assert not torch.allclose(images, plain(z))
+
+    # the sum, rebuilt by hand: each resolution's image upsampled bilinearly into the next one's
+    captured = []
+    hooks = [m.register_forward_hook(lambda m, i, o: captured.append(o)) for m in skip.to_image]
+    last = skip.net[len(skip.net) - (3 if kind != "conv" else 2)]  # the k4 s2 layer to the image
+    hooks.append(last.register_forward_hook(lambda m, i, o: captured.append(o)))
+    images = skip(z)
+    for h in hooks:
+        h.remove()
+    assert [c.shape[-1] for c in captured] == [4, 8, 16, 32]
+    total = captured[0]
+    for part in captured[1:]:
+        total = part + torch.nn.functional.interpolate(total, size=part.shape[-2:], mode="bilinear")
+    tail = skip.net[len(skip.net) - (2 if kind != "conv" else 1) :]  # gain and tanh, or tanh
+    torch.testing.assert_close(images, tail(total))
+
+    images.square().mean().backward()
+    assert all(p.grad is not None for p in skip.parameters() if p.requires_grad)
+    assert load_config(None, ["model.g.skip=true"]).model.g.skip is True
+
+
 def test_image_grid_layout():
     images = torch.stack([torch.full((1, 2, 2), v) for v in (-1.0, 1.0, 0.0)])
     grid = image_grid(images, columns=2)
