@@ -19,6 +19,7 @@ import tempfile
 import time
 
 import torch
+from tqdm.auto import tqdm
 
 from scs_gan.errors import UserError
 from scs_gan.training.config import load_config
@@ -39,17 +40,21 @@ def main() -> None:
                 module.to(memory_format=torch.channels_last)
             augment = last._augment
             last._augment = lambda images: augment(images).contiguous(memory_format=torch.channels_last)
-            for trainer in trainers.values():
-                trainer.log.stream = None
-                for _ in range(3):
-                    trainer.step()
             times: dict[str, list[float]] = {name: [] for name in trainers}
-            print(f"timing {2 * args.steps} training steps side by side", file=sys.stderr, flush=True)
-            for _ in range(args.steps):
-                for name, trainer in trainers.items():
-                    start = time.perf_counter()
-                    trainer.step()
-                    times[name].append(time.perf_counter() - start)
+            with tqdm(
+                total=2 * (3 + args.steps), desc="timing NCHW and channels_last steps side by side", unit="step"
+            ) as bar:
+                for trainer in trainers.values():
+                    trainer.log.stream = None
+                    for _ in range(3):
+                        trainer.step()
+                        bar.update()
+                for _ in range(args.steps):
+                    for name, trainer in trainers.items():
+                        start = time.perf_counter()
+                        trainer.step()
+                        times[name].append(time.perf_counter() - start)
+                        bar.update()
         finally:
             for trainer in trainers.values():
                 trainer.close()

@@ -54,8 +54,6 @@ def main() -> None:
             parser.error("--aten-convs needs the fused CPU kernels, which are not available here")
         before_step = {name: partial(module.set_gemm_routes, name not in args.aten_convs) for name in cases}
     warmups = {name: max(args.warmup - 1, 0) for name in cases}  # the first step is untimed too
-    total = len(cases) * (args.warmup + args.steps)
-    print(f"timing {len(cases)} configurations side by side: {total} training steps", file=sys.stderr, flush=True)
     times = interleaved_step_times(cases, args.steps, warmups, before_step).times
     print(f"{args.steps} interleaved steps per case after {args.warmup} warm-up, {torch.get_num_threads()} threads")
     first = statistics.median(next(iter(times.values())))

@@ -36,6 +36,10 @@ def test_bench_prints_ratios_against_targets(tmp_path):
     assert "D 32->64 @32 k4s2" in result.stdout
     assert "median time ratio, >= 32 input channels" in result.stdout and "target <= 1.25" in result.stdout
     assert "saved-bytes ratio" in result.stdout
+    # what it is doing, with a rate and an ETA, on stderr
+    assert re.search(
+        r"timing SCS layers against torch layers: .*1/1 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(layer/s|s/layer)", result.stderr
+    )
     record = json.loads(out.read_text())
     assert record["results"][0]["name"] == "D 32->64 @32 k4s2" and record["results"][0]["scs_ms"] > 0
     assert set(record["summary"]) == {
@@ -57,6 +61,7 @@ def test_bench_times_the_gemm_routes_beside_aten():
     routes = [line for line in result.stdout.splitlines() if line.startswith("  G 64->1 @16 k4s2")]
     assert [line.split()[4] for line in routes] == ["forward", "backward"]
     assert all("ATen" in line and "GEMM" in line and line.endswith("x") for line in routes)
+    assert re.search(r"timing the GEMM routes against ATen: .*2/2 \[", result.stderr)
     plain = run("bench", "--batch", "4", "--repeats", "2", "--only", "32->64")
     assert plain.returncode == 0 and "GEMM route" not in plain.stdout  # no routed shape: no section
 
@@ -109,9 +114,12 @@ def test_the_step_timing_scripts_run_and_refuse_unknown_case_names():
         assert result.returncode == 0, result.stderr
         assert re.search(r"^a\s+[\d.]+ ms/step\s+1\.00x", result.stdout, re.M)
         assert re.search(r"^b\s+[\d.]+ ms/step", result.stdout, re.M)
+        # one bar over every step of both cases: first, warm-up and timed
+        assert re.search(r"timing training steps of a, b side by side: .*4/4 \[\d\d:\d\d<\d\d:\d\d", result.stderr)
     bad = script("step_ratios.py", "--steps", "1", "--case", "a", "--aten-convs", "c")
     assert bad.returncode != 0 and "--aten-convs names no --case: c" in bad.stderr
     result = script("channels_last_step.py", "--steps", "1", *small)
     assert result.returncode == 0, result.stderr
     assert re.search(r"^nchw\s+[\d.]+ ms/step", result.stdout, re.M)
     assert re.search(r"^channels_last\s+[\d.]+ ms/step", result.stdout, re.M)
+    assert re.search(r"timing NCHW and channels_last steps side by side: .*8/8 \[", result.stderr)

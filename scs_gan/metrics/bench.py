@@ -5,9 +5,11 @@ and the largest difference between their features (float noise only); then the t
 
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
+from tqdm.auto import tqdm
 
 from .frechet import frechet_distance
 from .inception import InceptionFeatures, make_fid, make_kid
@@ -31,7 +33,9 @@ def run(device: str = "cpu", images: int = 64, resolution: int = 32) -> list[str
     ]
     batches = (8, 16, 32) if dev.type == "cpu" else (64, 128, 256)
     settings += [(f"channels_last, batch {b}, BN folded", True, b, True) for b in batches]
-    for label, channels_last, batch, fold in settings:
+    for label, channels_last, batch, fold in tqdm(
+        settings, desc=f"timing the Inception feature pass on {images} images", unit="setting", file=sys.stderr
+    ):
         extractor = InceptionFeatures(state, batch=batch, fold=fold).to(dev)
         if channels_last:
             extractor.net.to(memory_format=torch.channels_last)
@@ -87,10 +91,20 @@ def score_lines(count: int = 1000, feature: int = 2048) -> list[str]:
             torch.manual_seed(0)
             return float(metric.compute()[0])
 
-    slow, slow_s = _timed(torchmetrics_fid)
-    fast, fast_s = _timed(lambda: frechet_distance(real, fake))
-    kid_slow, kid_slow_s = _timed(lambda: kid(100))
-    kid_fast, kid_fast_s = _timed(lambda: kid(1))
+    computations = {
+        "fid_torchmetrics": torchmetrics_fid,
+        "fid": lambda: frechet_distance(real, fake),
+        "kid_100": lambda: kid(100),
+        "kid_1": lambda: kid(1),
+    }
+    timed = {
+        name: _timed(compute)
+        for name, compute in tqdm(
+            computations.items(), desc="timing FID and KID both ways", unit="computation", file=sys.stderr
+        )
+    }
+    (slow, slow_s), (fast, fast_s) = timed["fid_torchmetrics"], timed["fid"]
+    (kid_slow, kid_slow_s), (kid_fast, kid_fast_s) = timed["kid_100"], timed["kid_1"]
     n = f"{count:,} vs {count:,}"
     return [
         f"FID of {n} features: torchmetrics (2048x2048 eigvals) {slow_s:6.2f} s, exact low-rank {fast_s:6.2f} s "

@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..errors import UserError
 from . import _kernels
@@ -255,21 +257,21 @@ def route_lines(cases: list[LayerCase], batch: int, repeats: int) -> list[str]:
         "",
         f"convolutions inside the SCS layers (batch {batch}, {repeats} interleaved rounds): ATen vs GEMM route",
     ]
-    for case in routed:
-        for what, call in _route_calls(case, batch):
-            times: dict[bool, list[float]] = {False: [], True: []}
-            try:
-                for rnd in range(repeats + 3):
-                    for gemm in (False, True):
-                        module.set_gemm_routes(gemm)
-                        start = time.perf_counter()
-                        call()
-                        if rnd >= 3:  # warm-up rounds are not timed
-                            times[gemm].append(time.perf_counter() - start)
-            finally:
-                module.set_gemm_routes(True)
-            aten, gemm = (1e3 * statistics.median(times[flag]) for flag in (False, True))
-            lines.append(f"  {case.name:<22}{what:<10}ATen {aten:7.2f} ms   GEMM {gemm:7.2f} ms   {aten / gemm:5.1f}x")
+    calls = [(case, what, call) for case in routed for what, call in _route_calls(case, batch)]
+    for case, what, call in tqdm(calls, desc="timing the GEMM routes against ATen", unit="call", file=sys.stderr):
+        times: dict[bool, list[float]] = {False: [], True: []}
+        try:
+            for rnd in range(repeats + 3):
+                for gemm in (False, True):
+                    module.set_gemm_routes(gemm)
+                    start = time.perf_counter()
+                    call()
+                    if rnd >= 3:  # warm-up rounds are not timed
+                        times[gemm].append(time.perf_counter() - start)
+        finally:
+            module.set_gemm_routes(True)
+        aten, gemm = (1e3 * statistics.median(times[flag]) for flag in (False, True))
+        lines.append(f"  {case.name:<22}{what:<10}ATen {aten:7.2f} ms   GEMM {gemm:7.2f} ms   {aten / gemm:5.1f}x")
     return lines
 
 
@@ -294,9 +296,10 @@ def main(
     if not cases:
         raise UserError(f"no benchmark case matches {only!r}; the cases are: {', '.join(c.name for c in CASES)}")
     results = []
-    for case in cases:
-        results.append(run_case(case, batch, repeats, dev, autocast_dtype, compile_layers))
-        print(f"  measured {case.name}", flush=True)
+    with tqdm(cases, desc="timing SCS layers against torch layers", unit="layer", file=sys.stderr) as bar:
+        for case in bar:
+            bar.set_postfix_str(case.name)
+            results.append(run_case(case, batch, repeats, dev, autocast_dtype, compile_layers))
     summary = summarize(results)
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     header = (
@@ -305,7 +308,7 @@ def main(
     )
     print(format_table(results, summary, header))
     if dev.type == "cpu" and autocast_dtype is None and not compile_layers:
-        print("\n".join(route_lines(cases, batch, repeats)))
+        print("\n".join(route_lines(cases, batch, repeats)), flush=True)
     if json_path:
         with open(json_path, "w") as f:
             json.dump({"header": header, "results": [asdict(r) for r in results], "summary": summary}, f, indent=2)

@@ -5,12 +5,14 @@ layers are SCS, cosine or convolutions, measured side by side (interleaved steps
 from __future__ import annotations
 
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from .config import RunConfig, load_config
 from .trainer import Trainer
@@ -48,17 +50,28 @@ def interleaved_step_times(
     steps: int,
     warmups: dict[str, int],
     before_step: dict[str, Callable[[], None]] | None = None,
+    progress: bool = True,
 ) -> StepTimes:
     """Time full training steps of several configurations side by side.
 
-    ``cases`` maps a name to dotted overrides of the default configuration (metrics and the progress bar are
-    off, runs go to a temporary directory). Each case takes one untimed first step, then ``warmups[name]`` more
-    (default 0); then the cases take ``steps`` steps in turn, so a change in the host's load falls on all of
-    them alike. ``before_step[name]``, if given, runs (untimed) before each of that case's steps, e.g. to
-    switch a process-wide setting for it.
+    ``cases`` maps a name to dotted overrides of the default configuration (metrics and the trainers' own
+    progress bars are off, runs go to a temporary directory). Each case takes one untimed first step, then
+    ``warmups[name]`` more (default 0); then the cases take ``steps`` steps in turn, so a change in the host's
+    load falls on all of them alike. ``before_step[name]``, if given, runs (untimed) before each of that case's
+    steps, e.g. to switch a process-wide setting for it. With ``progress``, one bar on stderr counts every step
+    (warm-up and timed), with its rate and ETA.
     """
     before_step = before_step or {}
     first_step: dict[str, float] = {}
+    total = sum(1 + warmups.get(name, 0) + steps for name in cases)
+    bar = tqdm(
+        total=total,
+        desc=f"timing training steps of {', '.join(cases)} side by side",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         trainers: dict[str, Trainer] = {}
         try:
@@ -71,13 +84,17 @@ def interleaved_step_times(
             for name, trainer in trainers.items():
                 before_step.get(name, _nothing)()
                 first_step[name] = _timed_step(trainer)
+                bar.update()
                 for _ in range(warmups.get(name, 0)):
                     trainer.step()
+                    bar.update()
             for _ in range(steps):
                 for name, trainer in trainers.items():
                     before_step.get(name, _nothing)()
                     times[name].append(_timed_step(trainer))
+                    bar.update()
         finally:
+            bar.close()
             for trainer in trainers.values():
                 trainer.close()
     configs = {name: trainer.config for name, trainer in trainers.items()}

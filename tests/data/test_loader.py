@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -102,3 +104,14 @@ def test_to_float_maps_uint8_to_minus_one_one_and_back_exactly():
 def test_invalid_batch_size():
     with pytest.raises(ValueError):
         InfiniteLoader(numbered_dataset(3), 0)
+
+
+def test_the_data_benchmark_measures_every_pipeline_and_shows_its_phases(capfd):
+    from scs_gan.data.bench import run
+
+    lines = run(count=20, resolution=8, batch=4, workers=1, seconds=0.05)
+    assert lines[0].startswith("data pipeline benchmark: batch 4, 1 workers")
+    assert lines[1].startswith("mnist5k: load") and lines[2].startswith("folder: wrote 20 PNGs (8x8 RGB)")
+    assert "folder, in memory: first decode" in lines[3] and "folder, streamed" in lines[4]
+    assert all(re.search(r"loader [\d,]+ images/s$", line) for line in (lines[1], lines[3], lines[4]))
+    assert re.search(r"data pipeline benchmark: .*6/6 \[\d\d:\d\d<\d\d:\d\d", capfd.readouterr().err)

@@ -56,10 +56,11 @@ def test_bad_shapes_are_refused():
         frechet_distance(torch.zeros(1, 3), torch.zeros(4, 3))
 
 
-def test_the_scoring_benchmark_times_both_computations_of_the_same_values():
+def test_the_scoring_benchmark_times_both_computations_of_the_same_values(capfd):
     from scs_gan.metrics.bench import score_lines
 
     fid_line, kid_line = score_lines(count=40, feature=64)
+    assert "timing FID and KID both ways" in capfd.readouterr().err  # its bar
     assert fid_line.startswith("FID of 40 vs 40 features: torchmetrics") and "exact low-rank" in fid_line
     fid_values = [float(v) for v in fid_line.split("values ")[1].split(" and ")]
     kid_values = [float(v) for v in kid_line.split("values ")[1].split(" and ")]
