@@ -21,12 +21,13 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from .config import from_dict, load_yaml
 from .errors import UserError
@@ -95,6 +96,17 @@ def _find_run(runs_dir: Path, name: str) -> Path | None:
     return None
 
 
+def _trained_kimg(runs_dir: Path, name: str) -> float:
+    """How far the newest run directory of ``name`` has trained (its last statistics line), 0 before any tick."""
+    for path in sorted(runs_dir.glob(f"*-{name}"), reverse=True):
+        try:
+            lines = (path / "stats.jsonl").read_text().splitlines()
+            return float(json.loads(lines[-1])["kimg"]) if lines else 0.0
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0.0  # not written yet, or a line being written: counted at the next look
+    return 0.0
+
+
 def train_overrides(
     study: StudyConfig, arm: ArmConfig, width: int, seed: int, runs_dir: Path, quick: bool = False
 ) -> list[str]:
@@ -128,11 +140,11 @@ def _train(
     unfinished = _find_unfinished(runs_dir, name)
     if unfinished is not None:  # interrupted: continue from its last checkpoint (bit-exact on one process)
         cmd = [sys.executable, "-m", "scs_gan", "train", "--resume", str(unfinished)]
-        print(f"study: resuming {name} ({unfinished.name})", flush=True)
+        tqdm.write(f"study: resuming {name} ({unfinished.name})")
     else:
         overrides = train_overrides(study, arm, width, seed, runs_dir, quick)
         cmd = [sys.executable, "-m", "scs_gan", "train", "--config", arm.config, *overrides]
-        print(f"study: training {name}", flush=True)
+        tqdm.write(f"study: training {name}")
     env = os.environ.copy()
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -304,13 +316,40 @@ def run_study(
     order = [(arm, width, seed) for seed in study.seeds for arm in study.arms for width in study.widths]
     if not collect_only:
         threads = max(1, torch.get_num_threads() // jobs) if jobs > 1 else None
+        todo = [
+            _run_name(arm.name, w, seed)
+            for arm, w, seed in order
+            if _find_run(runs_dir, _run_name(arm.name, w, seed)) is None
+        ]
+        # a run's last tick may pass study.kimg by part of a batch; resumed runs start where they stopped
+        shown = {name: min(_trained_kimg(runs_dir, name), study.kimg) for name in todo}
+        bar = tqdm(
+            total=round(len(todo) * study.kimg, 3),
+            initial=round(sum(shown.values()), 3),
+            desc=f"study: training and scoring {len(todo)} run(s), {jobs} at a time",
+            unit="kimg",
+            bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}, {rate_fmt}{postfix}]",
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
         pool = ThreadPoolExecutor(jobs)
         try:
             futures = [pool.submit(_train, study, arm, w, seed, runs_dir, quick, threads) for arm, w, seed in order]
+            while True:
+                done, running = wait(futures, timeout=2.0, return_when=FIRST_EXCEPTION)
+                for name in todo:
+                    now = min(_trained_kimg(runs_dir, name), study.kimg)
+                    if now > shown[name]:
+                        bar.update(round(now - shown[name], 3))
+                        shown[name] = now
+                bar.set_postfix_str(f"{len(done)}/{len(futures)} runs done", refresh=True)
+                if not running or any(f.exception() is not None for f in done):
+                    break
             for future in futures:
                 future.result()  # a failure stops the study once the runs already started have ended
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
     records = []
     for arm, width, seed in order:
         run = _find_run(runs_dir, _run_name(arm.name, width, seed))

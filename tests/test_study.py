@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,9 @@ def test_quick_study_trains_every_arm_and_writes_the_table(tmp_path, fid_weights
     # two runs side by side (each with half the cores), as on a 2-core machine
     result = subprocess.run([*cmd, "--jobs", "2"], capture_output=True, text=True, env=env, timeout=900, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
+    # one bar over the kimg of every run, with a rate and an ETA
+    bar = r"study: training and scoring 5 run\(s\), 2 at a time: .*\| [\d.]+/1\.2 kimg \[\d\d:\d\d<\d\d:\d\d, +[\d.]+"
+    assert re.search(bar + r"(kimg/s|s/kimg), 5/5 runs done\]", result.stderr), result.stderr[-2000:]
     out = tmp_path / "s"
     table = (out / "table.md").read_text().splitlines()
     assert len(table) == 2 + 5  # header, rule, one row per arm
