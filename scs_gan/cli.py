@@ -329,7 +329,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         gen.write_grid(generator, seeds, Path(args.out), rows, columns, args.batch, args.trunc)
         print(f"wrote {count} images to {args.out}")
     else:
-        written = gen.write_per_seed(generator, seeds, Path(args.outdir), args.batch, args.trunc)
+        written = gen.write_per_seed(generator, seeds, Path(args.outdir), args.batch, args.trunc, total=count)
         print(f"wrote {written} images to {args.outdir}")
     return 0
 

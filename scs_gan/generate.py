@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from .errors import UserError
 from .images import paste_tiles, save_image, to_pil, to_uint8, write_errors_as_user_errors
@@ -221,15 +222,25 @@ def check_outdir(outdir: Path, ranges: Sequence[range], overwrite: bool = False)
 
 
 def write_per_seed(
-    generator: nn.Module, seeds: Iterable[int], outdir: Path, batch: int = 64, trunc: float = 1.0
+    generator: nn.Module,
+    seeds: Iterable[int],
+    outdir: Path,
+    batch: int = 64,
+    trunc: float = 1.0,
+    total: int | None = None,
+    bar_delay: float = 2.0,
 ) -> int:
     """One PNG per seed in ``outdir`` (``seed0042.png``), generated and written ``batch`` at a time, each file
-    atomically; returns how many were written. Existing files are replaced (see :func:`check_outdir`)."""
+    atomically; returns how many were written. Existing files are replaced (see :func:`check_outdir`). Once it has
+    run ``bar_delay`` seconds, a bar on stderr counts the images (out of ``total``, the number of seeds, if given);
+    a short export shows none."""
     written = 0
-    for chunk, images in iter_images(generator, seeds, batch, trunc):
-        for seed, image in zip(chunk, images, strict=True):
-            save_image(image.permute(1, 2, 0).numpy(), outdir / seed_file_name(seed))
-            written += 1
+    with tqdm(total=total, desc=f"generating and writing images to {outdir}", unit="img", delay=bar_delay) as bar:
+        for chunk, images in iter_images(generator, seeds, batch, trunc):
+            for seed, image in zip(chunk, images, strict=True):
+                save_image(image.permute(1, 2, 0).numpy(), outdir / seed_file_name(seed))
+                written += 1
+            bar.update(len(chunk))
     return written
 
 
