@@ -340,8 +340,9 @@ def run_study(
                 for name in todo:
                     now = min(_trained_kimg(runs_dir, name), study.kimg)
                     if now > shown[name]:
-                        bar.update(round(now - shown[name], 3))
+                        bar.update(now - shown[name])
                         shown[name] = now
+                bar.n = min(bar.n, bar.total)  # float sums may pass the total by a rounding error
                 bar.set_postfix_str(f"{len(done)}/{len(futures)} runs done", refresh=True)
                 if not running or any(f.exception() is not None for f in done):
                     break
