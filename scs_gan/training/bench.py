@@ -50,7 +50,6 @@ def interleaved_step_times(
     steps: int,
     warmups: dict[str, int],
     before_step: dict[str, Callable[[], None]] | None = None,
-    progress: bool = True,
 ) -> StepTimes:
     """Time full training steps of several configurations side by side.
 
@@ -58,8 +57,8 @@ def interleaved_step_times(
     progress bars are off, runs go to a temporary directory). Each case takes one untimed first step, then
     ``warmups[name]`` more (default 0); then the cases take ``steps`` steps in turn, so a change in the host's
     load falls on all of them alike. ``before_step[name]``, if given, runs (untimed) before each of that case's
-    steps, e.g. to switch a process-wide setting for it. With ``progress``, one bar on stderr counts every step
-    (warm-up and timed), with its rate and ETA.
+    steps, e.g. to switch a process-wide setting for it. One bar on stderr counts every step (warm-up and timed),
+    with its rate and ETA.
     """
     before_step = before_step or {}
     first_step: dict[str, float] = {}
@@ -68,7 +67,6 @@ def interleaved_step_times(
         total=total,
         desc=f"timing training steps of {', '.join(cases)} side by side",
         unit="step",
-        disable=not progress,
         dynamic_ncols=True,
         file=sys.stderr,
     )
