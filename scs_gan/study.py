@@ -337,7 +337,7 @@ def run_study(
             futures = [pool.submit(_train, study, arm, w, seed, runs_dir, quick, threads) for arm, w, seed in order]
             while True:
                 done, running = wait(futures, timeout=2.0, return_when=FIRST_EXCEPTION)
-                for name in todo:
+                for name in (n for n in todo if shown[n] < study.kimg):  # a finished run's file is not read again
                     now = min(_trained_kimg(runs_dir, name), study.kimg)
                     if now > shown[name]:
                         bar.update(now - shown[name])

@@ -318,11 +318,12 @@ class Generator(nn.Module):
         if self.to_image is None:
             return self.net(x)
         image: Tensor | None = None
+        to_image = dict(zip(self._taps, self.to_image, strict=True))
         last = self._taps[-1] + 1  # the k4 s2 layer to the image
         for i, layer in enumerate(self.net[:last]):
             x = layer(x)
-            if i in self._taps:
-                image = self._add_image(image, self.to_image[self._taps.index(i)](x))
+            if i in to_image:
+                image = self._add_image(image, to_image[i](x))
         image = self._add_image(image, self.net[last](x))
         return self.net[last + 1 :](image)
 
