@@ -33,6 +33,14 @@ def _ok(name: str, code: int) -> bool:
     return code in EXPECTED_CODES.get(name, {0})
 
 
+def _result(name: str, code: int) -> str:
+    if _ok(name, code):
+        return "ok"
+    if code in (124, 137):  # timeout's codes for a step stopped at --step-timeout (SIGTERM, then SIGKILL)
+        return f"TIMED OUT (exit {code})"
+    return f"FAILED (exit {code})"
+
+
 def _bench_rows(folder: Path) -> list[str]:
     rows = []
     for path in sorted(folder.glob("bench-*.json")):
@@ -56,12 +64,16 @@ def _train_bench_rows(folder: Path) -> list[str]:
         ratio = next(
             (line.split(":")[1].split("(")[0].strip() for line in lines if line.startswith("SCS-GAN step")), None
         )
-        steps = [line for line in lines if line.split(" ")[0] in ("scs", "cosine", "conv")]
+        kinds = ("scs", "cosine", "conv")
+        steps = [line for line in lines if line.split(" ")[0].removesuffix("+compile") in kinds]
+        compiled = next((line for line in lines if line.startswith("compiled step / eager step")), None)
         if ratio is None:
             rows.append(f"| {path.stem} | did not finish | |")
             continue
         verdict = "meets" if float(ratio) <= TRAIN_GOAL else "misses"
         times = "; ".join(" ".join(s.split()[:3]) for s in steps)
+        if compiled:
+            times += f"; {compiled}"
         rows.append(f"| {path.stem} | {ratio} ({verdict} <= {TRAIN_GOAL}) | {times} |")
     return rows
 
@@ -92,8 +104,7 @@ def write_summary(folder: Path) -> Path:
     lines = ["# GPU check", "", "```", device or "(device unknown: device.txt missing)", "```", "", "## Steps", ""]
     lines += ["| step | result | seconds | command |", "|---|---|---|---|"]
     for name, code, seconds, command in steps:
-        result = "ok" if _ok(name, code) else f"FAILED (exit {code})"
-        lines.append(f"| {name} | {result} | {seconds} | `{command}` |")
+        lines.append(f"| {name} | {_result(name, code)} | {seconds} | `{command}` |")
     if not steps:
         lines.append("| (none) | no step ran | | |")
     lines += ["", "## Layers (`scs-gan bench`): SCS time / torch time", ""]

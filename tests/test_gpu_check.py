@@ -31,6 +31,8 @@ def _check(*args: str) -> subprocess.CompletedProcess:
         (("--out",), "usage:"),
         (("--device", "tpu"), "--device must be cuda or cpu"),
         (("--train-seconds", "soon"), "--train-seconds must be a whole number"),
+        (("--step-timeout", "0"), "--step-timeout must be a whole number of seconds above 0"),
+        (("--step-timeout", "1m"), "--step-timeout must be a whole number of seconds above 0"),
     ],
 )
 def test_bad_arguments_are_refused_with_the_usage(args, message):
@@ -60,10 +62,17 @@ def test_the_summary_reports_every_step_from_real_benchmark_outputs(tmp_path):
         "bench-bf16\t0\t30\tpython -m scs_gan bench --autocast bf16\n"
         "bench-fp16-compiled\t1\t5\tpython -m scs_gan bench --autocast fp16 --compile\n"
         "train\t130\t120\ttimeout -s INT 120 python -m scs_gan train\n"
+        "train-bench-bf16-compiled\t124\t600\tpython -m scs_gan bench train --compile\n"
     )
     assert bench.main(repeats=1, only="D 32->64", json_path=str(tmp_path / "bench-bf16.json")) == 0
     lines = train_bench.run(["train.batch=8", "model.g.channels=4", "model.d.channels=4"], steps=1, warmup=1)
     (tmp_path / "train-bench-fp32.txt").write_text("\n".join(lines) + "\n")
+    compiled = [  # what `bench train --compile` prints (a compiled run takes minutes even at this size)
+        "scs+compile       20.0 ms/step    3200.0 images/s   0.80x DCGAN time",
+        "SCS-GAN step / DCGAN step: 1.05 (target <= 1.20, goal 1.10)",
+        "compiled step / eager step (inductor): scs 0.80x, cosine 0.82x, conv 0.90x",
+    ]
+    (tmp_path / "train-bench-bf16-compiled.txt").write_text("\n".join(compiled) + "\n")
     run = tmp_path / "runs" / "00000-synthetic32-scs"
     run.mkdir(parents=True)
     (run / "stats.jsonl").write_text(
@@ -72,13 +81,16 @@ def test_the_summary_reports_every_step_from_real_benchmark_outputs(tmp_path):
     summary = _summary_module().write_summary(tmp_path).read_text()
     assert "NVIDIA Test GPU" in summary
     assert "| cuda-tests | ok |" in summary and "| train | ok |" in summary  # SIGINT ends the timed run
-    assert "| bench-fp16-compiled | FAILED (exit 1) |" in summary and "Failed steps: bench-fp16-compiled" in summary
+    assert "| bench-fp16-compiled | FAILED (exit 1) |" in summary
+    assert "| train-bench-bf16-compiled | TIMED OUT (exit 124) |" in summary
+    assert "Failed steps: bench-fp16-compiled, train-bench-bf16-compiled" in summary
     median = json.loads((tmp_path / "bench-bf16.json").read_text())["summary"][
         "median time ratio, >= 32 input channels"
     ]
     assert f"| bench-bf16 | {median:.2f} (" in summary
     ratio = next(line for line in lines if line.startswith("SCS-GAN step")).split(":")[1].split("(")[0].strip()
     assert f"| train-bench-fp32 | {ratio} (" in summary
+    assert "| train-bench-bf16-compiled | 1.05 (meets <= 1.2) | scs+compile 20.0 ms/step; compiled step" in summary
     assert "12.5 kimg in 118 s of training, 4321 images/s" in summary
 
 

@@ -146,6 +146,9 @@ def run_case(
     torch.manual_seed(0)
     layers = case.layers(device)
     if compile_layers:
+        # A fresh compiler cache per case: the cases' layers share their classes' forward code, and dynamo's
+        # limit of recompilations per code object (8) would otherwise send the later cases back to eager.
+        torch._dynamo.reset()
         layers = tuple(torch.compile(layer) for layer in layers)  # type: ignore[assignment]
     x = torch.randn(batch, case.in_channels, case.size, case.size, device=device, requires_grad=case.input_grad)
     steps = [_step(layer, x, autocast) for layer in layers]
