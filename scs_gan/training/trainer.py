@@ -150,6 +150,12 @@ def _loss_scale(accelerator: Accelerator) -> float:
     return accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0
 
 
+def compiles(setting: bool | str, device: torch.device) -> bool:
+    """Whether ``train.compile`` (true, false or ``auto``) compiles the training steps on ``device``: ``auto``
+    does on CUDA, where it was measured to pay, and not elsewhere."""
+    return setting if isinstance(setting, bool) else device.type == "cuda"
+
+
 @dataclass
 class CompiledSteps:
     """The ``torch.compile`` forms of the training steps' pieces (``train.compile``), sharing G's and D's
@@ -338,7 +344,7 @@ class Trainer:
         mode (G runs without gradients in the D step).
         """
         t = self.config.train
-        if not t.compile:
+        if not compiles(t.compile, self.accelerator.device):
             return None
         if self.compiled is None:
             self.log(f"compiling G and D with torch.compile (backend {t.compile_backend}): the first steps are slow")

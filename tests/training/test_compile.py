@@ -15,6 +15,7 @@ from torch._dynamo.utils import counters
 from scs_gan.errors import UserError
 from scs_gan.training import Trainer, bench, load_config
 from scs_gan.training.config import given_keys, merge_for_resume
+from scs_gan.training.trainer import compiles
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -102,6 +103,18 @@ def test_an_unknown_compile_backend_is_one_sentence(backend, message):
     with pytest.raises(UserError, match=message):
         load_config(None, [f"train.compile_backend={backend}"])
     assert load_config(None, ["train.compile_backend=aot_eager"]).train.compile_backend == "aot_eager"
+
+
+def test_compile_auto_means_cuda_only():
+    """The default, ``auto``, compiles on CUDA (where it measured 0.45x the eager SCS-GAN step) and not on the
+    CPU (0.95x, against a minute of compiling); true and false mean what they say; anything else is one
+    sentence. The eager run of the first test above is the default on this CPU and compiles nothing."""
+    assert load_config(None).train.compile == "auto"
+    assert compiles("auto", torch.device("cuda", 0)) and not compiles("auto", torch.device("cpu"))
+    assert compiles(True, torch.device("cpu")) and not compiles(False, torch.device("cuda"))
+    assert load_config(None, ["train.compile=false"]).train.compile is False
+    with pytest.raises(UserError, match=r"^train\.compile must be bool or 'auto', got 'sometimes'$"):
+        load_config(None, ["train.compile=sometimes"])
 
 
 def test_compile_may_change_on_resume():
