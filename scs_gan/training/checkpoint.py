@@ -29,6 +29,9 @@ from .rundir import find_run_dirs, keep_previous
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d{9})$")
 
 
+LOOKAHEAD = "lookahead.safetensors"  # train.lookahead_k's slow weights of G and D, in parameter order
+
+
 @dataclass
 class Progress:
     """Counters that, with the checkpointed models, optimisers and RNG states, define where a run is."""
@@ -109,8 +112,18 @@ def verify_checkpoint(checkpoint: Path, num_processes: int) -> str | None:
     return None
 
 
-def save_checkpoint(accelerator: Accelerator, run_dir: Path, ema: nn.Module, progress: Progress, keep: int) -> Path:
-    """Save the full training state (collective: every process must call it); appears atomically when complete."""
+def save_checkpoint(
+    accelerator: Accelerator,
+    run_dir: Path,
+    ema: nn.Module,
+    progress: Progress,
+    keep: int,
+    slow: list[Tensor] | None = None,
+) -> Path:
+    """Save the full training state (collective: every process must call it); appears atomically when complete.
+
+    ``slow``: train.lookahead_k's slow weights (the same on every process), kept in ``lookahead.safetensors``.
+    """
     folder = run_dir / "checkpoints"
     final = folder / f"checkpoint-{progress.cur_nimg:09d}"
     tmp = folder / f".tmp-{final.name}"
@@ -123,6 +136,8 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, ema: nn.Module, pro
         if accelerator.is_main_process:
             state = {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
             save_file(state, str(tmp / "ema.safetensors"))
+            if slow:
+                save_file({str(i): t.detach().cpu().contiguous() for i, t in enumerate(slow)}, str(tmp / LOOKAHEAD))
             (tmp / "progress.json").write_text(json.dumps(asdict(progress), indent=1), encoding="utf-8")
     except (OSError, SafetensorError):  # a full disk, say: the unfinished folder goes, the finished ones stay
         shutil.rmtree(tmp, ignore_errors=True)
@@ -135,11 +150,20 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, ema: nn.Module, pro
     return final
 
 
-def load_checkpoint(accelerator: Accelerator, checkpoint: Path, ema: nn.Module) -> Progress:
-    """Restore the prepared objects, RNG states and ``ema`` from ``checkpoint``; returns its progress."""
+def load_checkpoint(
+    accelerator: Accelerator, checkpoint: Path, ema: nn.Module, slow: list[Tensor] | None = None
+) -> Progress:
+    """Restore the prepared objects, RNG states, ``ema`` and the lookahead weights ``slow`` (in place) from
+    ``checkpoint``; returns its progress."""
     try:
         accelerator.load_state(str(checkpoint))
         ema.load_state_dict(load_file(str(checkpoint / "ema.safetensors")))
+        if slow:
+            saved = load_file(str(checkpoint / LOOKAHEAD))
+            if len(saved) != len(slow):
+                raise ValueError(f"{LOOKAHEAD} holds {len(saved)} tensors for {len(slow)} parameters")
+            for i, t in enumerate(slow):
+                t.copy_(saved[str(i)])
         return Progress(**json.loads((checkpoint / "progress.json").read_text(encoding="utf-8")))
     except (OSError, RuntimeError, KeyError, ValueError, TypeError, SafetensorError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -60,6 +60,9 @@ class TrainConfig:
             the mean logits on (augmented) reals and fakes over past D steps (over all processes), so that
             D's logits stay near where they have been rather than drifting apart. It costs no extra pass;
             the first step, which has no averages yet, runs without it.
+        lookahead_k, lookahead_alpha: Lookahead-minmax (0: off): after every ``lookahead_k`` steps the weights of
+            G and D become slow + alpha (fast - slow), where slow are their weights after the previous such step
+            (kept in the checkpoints); it did not help the default run (docs/RESULTS.md, round 27).
         augment: differentiable augmentation of every image D sees (reals and fakes, in the D and G steps
             and the reals of R1): any of ``translation``, ``cutout``, ``color`` (DiffAugment); empty = off.
         augment_p: the probability with which each policy is applied to each image: fixed when ada_target
@@ -108,6 +111,8 @@ class TrainConfig:
     r1_interval: int = 16
     lecam: float = 0.0
     lecam_decay: float = 0.99
+    lookahead_k: int = 0
+    lookahead_alpha: float = 0.5
     augment: list[Literal["translation", "cutout", "color"]] = field(default_factory=lambda: ["translation"])
     augment_p: float = 1.0
     ada_target: float | None = None
@@ -179,6 +184,11 @@ class RunConfig:
             raise UserError(f"train.lr_rampdown must be in [0, 1), got {t.lr_rampdown}")
         if t.r1_gamma < 0 or t.r1_interval < 1:
             raise UserError("train.r1_gamma must be >= 0 and train.r1_interval >= 1")
+        if t.lookahead_k < 0 or not 0 < t.lookahead_alpha <= 1:
+            raise UserError(
+                f"train.lookahead_k must be >= 0 (0: off) and train.lookahead_alpha in (0, 1], got "
+                f"{t.lookahead_k} and {t.lookahead_alpha}"
+            )
         if t.lecam < 0 or not 0 <= t.lecam_decay < 1:
             raise UserError(
                 f"train.lecam must be >= 0 and train.lecam_decay in [0, 1), got {t.lecam} and {t.lecam_decay}"

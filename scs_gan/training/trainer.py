@@ -225,6 +225,12 @@ class Trainer:
         opt_g = torch.optim.Adam(param_groups(generator, t.g_lr, t.pq_lr_mul), betas=tuple(t.betas))
         opt_d = torch.optim.Adam(param_groups(discriminator, t.d_lr, t.pq_lr_mul), betas=tuple(t.betas))
         self.G, self.D, self.opt_G, self.opt_D = acc.prepare(generator, discriminator, opt_g, opt_d)
+        # train.lookahead_k: the slow weights of G and D (Lookahead-minmax), one copy per parameter
+        self.slow = (
+            [q.detach().clone() for net in (generator, discriminator) for q in net.parameters()]
+            if t.lookahead_k
+            else []
+        )
         self.loader = InfiniteLoader(
             self.dataset,
             self.batch_gpu,
@@ -293,7 +299,7 @@ class Trainer:
                     f"checkpoint {bad.name} is damaged ({problem}); kept as {kept.name}, resuming from an older one"
                 )
         acc.wait_for_everyone()
-        self.progress = load_checkpoint(acc, checkpoint, self.G_ema)
+        self.progress = load_checkpoint(acc, checkpoint, self.G_ema, self.slow)
         self.loader.load_state_dict(self.progress.loader)
         if self.strength is not None and self.progress.augment is not None:
             self.strength.load_state_dict(self.progress.augment)
@@ -495,6 +501,8 @@ class Trainer:
         self._sync_buffers()
         p.cur_nimg += t.batch
         p.step += 1
+        if t.lookahead_k and p.step % t.lookahead_k == 0:
+            self._lookahead(t.lookahead_alpha)
         beta = ema_beta(t.batch, t.ema_kimg, p.cur_nimg, t.ema_rampup)
         update_ema(self.G_ema, self.accelerator.unwrap_model(self.G), beta)
         if ok_d and ok_g:
@@ -506,12 +514,21 @@ class Trainer:
         losses = {"loss_D": loss_d, "loss_G": loss_g, "r1": r1 if do_r1 else None}
         return {**losses, "logit_real": real_mean, "logit_fake": fake_mean}, not no_signal
 
+    @torch.no_grad()
+    def _lookahead(self, alpha: float) -> None:
+        """Lookahead-minmax: move the slow weights of G and D a fraction ``alpha`` towards the fast ones, and
+        restart the fast ones from there."""
+        nets = (self.accelerator.unwrap_model(self.G), self.accelerator.unwrap_model(self.D))
+        fast = [q for net in nets for q in net.parameters()]
+        torch._foreach_lerp_(self.slow, fast, alpha)
+        torch._foreach_copy_(fast, self.slow)
+
     # ---------------------------------------------------------------------------------- ticks & outputs
 
     def save_checkpoint(self) -> Path:
         """Save the full training state (collective: every process must call it)."""
         keep = self.config.train.keep_checkpoints
-        return save_checkpoint(self.accelerator, self.run_dir, self.G_ema, self.progress, keep)
+        return save_checkpoint(self.accelerator, self.run_dir, self.G_ema, self.progress, keep, self.slow)
 
     def _save_fakes(self) -> None:
         if not self.main:
