@@ -42,6 +42,8 @@ def _type_name(tp: Any) -> str:
     if origin is list:
         (item,) = typing.get_args(tp)
         return f"list of {_type_name(item)}"
+    if tp is bool:
+        return "true or false"
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 

@@ -113,7 +113,7 @@ def test_compile_auto_means_cuda_only():
     assert compiles("auto", torch.device("cuda", 0)) and not compiles("auto", torch.device("cpu"))
     assert compiles(True, torch.device("cpu")) and not compiles(False, torch.device("cuda"))
     assert load_config(None, ["train.compile=false"]).train.compile is False
-    with pytest.raises(UserError, match=r"^train\.compile must be bool or 'auto', got 'sometimes'$"):
+    with pytest.raises(UserError, match=r"^train\.compile must be true or false or 'auto', got 'sometimes'$"):
         load_config(None, ["train.compile=sometimes"])
 
 
