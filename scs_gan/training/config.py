@@ -77,9 +77,10 @@ class TrainConfig:
         compile: run G's forward, and D's forward with the loss, through ``torch.compile`` in the training
             steps (the augmentation, D's forward on R1 steps and the EMA generator stay eager); the first steps
             are slow while it compiles. The same maths, rounded differently, so it may change on resume.
-            ``auto`` (the default) compiles where it was measured to pay: on CUDA (the SCS-GAN step 0.45x the
-            eager one on an H200, whose eager SCS layers are many small kernels), not on the CPU (0.95x
-            against a minute of compiling); see docs/PERFORMANCE.md.
+            ``auto`` (the default) compiles where it was measured to pay: on one CUDA process (the SCS-GAN
+            step 0.45x the eager one on an H200, whose eager SCS layers are many small kernels), not on the CPU
+            (0.95x against a minute of compiling) and not with several processes (DDP; not measured yet); see
+            docs/PERFORMANCE.md.
         compile_backend: the ``torch.compile`` backend (``inductor``; ``aot_eager`` traces without generating
             code, for checking).
         seed: seeds models, data order and latents (per process).

@@ -150,10 +150,11 @@ def _loss_scale(accelerator: Accelerator) -> float:
     return accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0
 
 
-def compiles(setting: bool | str, device: torch.device) -> bool:
-    """Whether ``train.compile`` (true, false or ``auto``) compiles the training steps on ``device``: ``auto``
-    does on CUDA, where it was measured to pay, and not elsewhere."""
-    return setting if isinstance(setting, bool) else device.type == "cuda"
+def compiles(setting: bool | str, device: torch.device, processes: int = 1) -> bool:
+    """Whether ``train.compile`` (true, false or ``auto``) compiles the training steps of ``processes``
+    processes on ``device``: ``auto`` does on one CUDA process, where it was measured to pay, and not
+    elsewhere (several processes compile under DDP, which no one has measured here yet)."""
+    return setting if isinstance(setting, bool) else device.type == "cuda" and processes == 1
 
 
 @dataclass
@@ -350,7 +351,7 @@ class Trainer:
         mode (G runs without gradients in the D step).
         """
         t = self.config.train
-        if not compiles(t.compile, self.accelerator.device):
+        if not compiles(t.compile, self.accelerator.device, self.accelerator.num_processes):
             return None
         if self.compiled is None:
             self.log(f"compiling G and D with torch.compile (backend {t.compile_backend}): the first steps are slow")

@@ -105,12 +105,14 @@ def test_an_unknown_compile_backend_is_one_sentence(backend, message):
     assert load_config(None, ["train.compile_backend=aot_eager"]).train.compile_backend == "aot_eager"
 
 
-def test_compile_auto_means_cuda_only():
-    """The default, ``auto``, compiles on CUDA (where it measured 0.45x the eager SCS-GAN step) and not on the
-    CPU (0.95x, against a minute of compiling); true and false mean what they say; anything else is one
-    sentence. The eager run of the first test above is the default on this CPU and compiles nothing."""
+def test_compile_auto_means_one_cuda_process():
+    """The default, ``auto``, compiles on one CUDA process (where it measured 0.45x the eager SCS-GAN step),
+    not on the CPU (0.95x, against a minute of compiling) nor under DDP (not measured); true and false mean
+    what they say; anything else is one sentence. The eager run of the first test above is the default on
+    this CPU and compiles nothing."""
     assert load_config(None).train.compile == "auto"
     assert compiles("auto", torch.device("cuda", 0)) and not compiles("auto", torch.device("cpu"))
+    assert not compiles("auto", torch.device("cuda", 0), processes=2) and compiles(True, torch.device("cuda"), 2)
     assert compiles(True, torch.device("cpu")) and not compiles(False, torch.device("cuda"))
     assert load_config(None, ["train.compile=false"]).train.compile is False
     with pytest.raises(UserError, match=r"^train\.compile must be true or false or 'auto', got 'sometimes'$"):
