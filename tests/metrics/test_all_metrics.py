@@ -22,7 +22,7 @@ from scs_gan.metrics.evaluate import Evaluator, describe
 from scs_gan.metrics.inception import TFInceptionV3, make_inception_score
 from scs_gan.metrics.protocol import parse_metric
 from scs_gan.models import ModelConfig, build_generator
-from tests.launch import TWO_PROCESS_LAUNCH
+from tests.launch import launch_failure, two_process_launch
 
 
 class NoisyReals(nn.Module):
@@ -179,7 +179,7 @@ def test_two_processes_give_what_one_gives(tmp_path):
     script.write_text(textwrap.dedent(_SCRIPT))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     runs = []
-    for launch, cache in (([sys.executable], "one"), (TWO_PROCESS_LAUNCH, "two")):
+    for launch, cache in (([sys.executable], "one"), (two_process_launch(), "two")):
         done = subprocess.run(
             [*launch, str(script)],
             capture_output=True,
@@ -188,7 +188,7 @@ def test_two_processes_give_what_one_gives(tmp_path):
             check=False,
             env={**env, "SCS_GAN_CACHE": str(tmp_path / cache)},
         )
-        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.returncode == 0, launch_failure(done)
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     one, two = runs
     assert one["fid40_40"]["processes"] == 1 and two["fid40_40"]["processes"] == 2

@@ -27,7 +27,7 @@ from scs_gan.metrics.protocol import parse_metric
 from scs_gan.models import ModelConfig, build_generator
 from scs_gan.snapshot import save_snapshot
 from scs_gan.training.config import RunConfig
-from tests.launch import TWO_PROCESS_LAUNCH
+from tests.launch import launch_failure, two_process_launch
 
 
 @pytest.fixture(scope="module")
@@ -122,14 +122,14 @@ def test_two_processes_give_the_same_result_as_one(tmp_path, fid_weights_file):
     one = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600, check=False)
     assert one.returncode == 0, one.stderr
     two = subprocess.run(
-        [*TWO_PROCESS_LAUNCH, *args],
+        [*two_process_launch(), *args],
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
         env={**env, "ACCELERATE_USE_CPU": "true", "SCS_GAN_CACHE": str(tmp_path / "cache2")},
     )
-    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.returncode == 0, launch_failure(two)
     a = json.loads(one.stdout.strip().splitlines()[-1])["results"]
     b = json.loads(two.stdout.strip().splitlines()[-1])["results"]
     assert b["fid10_10"]["processes"] == 2 and a["fid10_10"]["processes"] == 1

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from scs_gan.snapshot import load_generator
-from tests.launch import TWO_PROCESS_LAUNCH
+from tests.launch import launch_failure, two_process_launch
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = str(REPO / "configs" / "smoke.yaml")
@@ -362,7 +362,7 @@ def test_nan_guard_skips_counts_and_stops_with_a_checkpoint(tmp_path):
 def test_two_processes_under_accelerate_end_identical(tmp_path, kind, extra, split):
     """Every arm, the DCGAN's batch norm included, ends with identical replicas (weights and buffers)."""
     cmd = [
-        *TWO_PROCESS_LAUNCH,
+        *two_process_launch(),
         "-m",
         "scs_gan",
         "train",
@@ -378,7 +378,7 @@ def test_two_processes_under_accelerate_end_identical(tmp_path, kind, extra, spl
     ]
     environment = {**env(tmp_path), "ACCELERATE_USE_CPU": "true"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=environment, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, launch_failure(result)
     run = only_run(tmp_path)
     final = json.loads((run / "final.json").read_text())
     assert final["processes"] == 2 and final["replicas_identical"] is True
