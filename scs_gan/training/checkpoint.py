@@ -83,8 +83,9 @@ def resolve_resume(resume: str, runs_dir: str | Path) -> Path:
     raise UserError(f"--resume {resume!r} is neither a checkpoint nor a run directory with checkpoints")
 
 
-def verify_checkpoint(checkpoint: Path, num_processes: int) -> str | None:
-    """None if every file of ``checkpoint`` reads back whole, else what is wrong (one phrase).
+def verify_checkpoint(checkpoint: Path, num_processes: int, lookahead: bool = False) -> str | None:
+    """None if every file of ``checkpoint`` reads back whole, else what is wrong (one phrase). ``lookahead``:
+    the run keeps train.lookahead_k's slow weights, so their file is required too.
 
     Reads the safetensors files, the optimiser and scaler states and every process's RNG states through
     the same restricted loader Accelerate uses (no arbitrary pickle), and ``progress.json``.
@@ -101,6 +102,8 @@ def verify_checkpoint(checkpoint: Path, num_processes: int) -> str | None:
         except (SafetensorError, OSError, ValueError, RuntimeError) as error:
             return f"{path.name} is damaged ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
     required = ["ema.safetensors", *(f"random_states_{i}.pkl" for i in range(num_processes))]
+    if lookahead:
+        required.append(LOOKAHEAD)
     for name in required:
         if not (checkpoint / name).is_file():
             return f"{name} is missing"

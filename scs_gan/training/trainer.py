@@ -285,7 +285,7 @@ class Trainer:
         candidates = [c for c in list_checkpoints(self.run_dir) if c.name <= chosen.name] or [chosen]
         damaged: list[tuple[Path, str]] = []
         for checkpoint in reversed(candidates):
-            problem = verify_checkpoint(checkpoint, acc.num_processes)
+            problem = verify_checkpoint(checkpoint, acc.num_processes, lookahead=bool(self.slow))
             if problem is None:
                 break
             damaged.append((checkpoint, problem))

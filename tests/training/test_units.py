@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ from scs_gan.models import (
     count_parameters,
     scs_layers,
 )
-from scs_gan.training.checkpoint import resolve_resume
+from scs_gan.training.checkpoint import resolve_resume, verify_checkpoint
 from scs_gan.training.config import RunConfig, given_keys, load_config, merge_for_resume
 from scs_gan.training.ema import ema_beta, update_ema
 from scs_gan.training.losses import d_loss, g_loss, lecam_penalty, r1_loss, r1_penalty
@@ -817,6 +818,11 @@ def test_lookahead_pulls_both_networks_back_every_k_steps_and_resumes_exactly(tm
     finally:
         trainer.close()
     assert syncs == [3, 6] and (checkpoint / "lookahead.safetensors").is_file()
+    assert verify_checkpoint(checkpoint, 1, lookahead=True) is None
+    stripped = tmp_path / "stripped"
+    shutil.copytree(checkpoint, stripped, ignore=shutil.ignore_patterns("lookahead.safetensors"))
+    assert verify_checkpoint(stripped, 1) is None  # a run without Lookahead needs no such file
+    assert verify_checkpoint(stripped, 1, lookahead=True) == "lookahead.safetensors is missing"
     resumed = Trainer(config, resume=str(checkpoint))
     resumed.log.stream = None
     try:
