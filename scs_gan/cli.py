@@ -289,9 +289,20 @@ def _add_generate(subparsers) -> None:
         help="let --outdir replace existing seedNNNN.png files (default: refuse, before writing anything)",
     )
     p.add_argument("--trunc", type=float, default=1.0, help="truncation: scale latents towards the mean (1 = off)")
+    _add_class(p)
     p.add_argument("--batch", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.set_defaults(func=_run_generate)
+
+
+def _add_class(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--class",
+        dest="cls",
+        type=int,
+        metavar="K",
+        help="only images of class K (class-conditional generators; default: each seed's own class)",
+    )
 
 
 def _load_for_sampling(args: argparse.Namespace):
@@ -306,7 +317,9 @@ def _load_for_sampling(args: argparse.Namespace):
             raise UserError(f"--device {args.device} was asked for, but no CUDA device is available")
         torch.backends.cudnn.benchmark = False  # the same kernels whatever the batch
         torch.backends.cudnn.deterministic = True
-    return load_generator(args.snapshot, device=args.device)
+    from .generate import choose_class
+
+    return choose_class(load_generator(args.snapshot, device=args.device), args.cls)
 
 
 def _run_generate(args: argparse.Namespace) -> int:
@@ -349,6 +362,7 @@ def _add_interpolate(subparsers) -> None:
     p.add_argument("--grid", metavar="RxC", help="layout of several walks (default: near-square)")
     p.add_argument("--out", required=True, help="walk.gif or walk.mp4 (other suffixes are refused)")
     p.add_argument("--trunc", type=float, default=1.0, help="truncation towards the mean (1 = off)")
+    _add_class(p)
     p.add_argument("--batch", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.set_defaults(func=_run_interpolate)
@@ -369,8 +383,11 @@ def _run_interpolate(args: argparse.Namespace) -> int:
     if not args.fps > 0:
         raise UserError(f"--fps must be positive, got {args.fps}")
     generator = _load_for_sampling(args)
+    conditional = gen.is_conditional(generator)
     movies = [
-        gen.generate(generator, gen.walk_latents(w, generator.z_dim, args.frames, args.trunc, args.loop), args.batch)
+        gen.generate(
+            generator, gen.walk_latents(w, generator.z_dim, args.frames, args.trunc, args.loop, conditional), args.batch
+        )
         for w in walks
     ]
     frames = [grid_array(torch.stack([m[i] for m in movies]), columns, rows) for i in range(len(movies[0]))]

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .errors import UserError
 from .images import paste_tiles, save_image, to_pil, to_uint8, write_errors_as_user_errors
 from .io import atomic_write
-from .latents import latents_for_seeds
+from .latents import latents_for_seeds, truncate, with_class
 
 MAX_SEED = 2**64 - 1
 """The largest seed: ``torch.Generator.manual_seed``, which draws every latent, takes seeds below 2**64."""
@@ -126,15 +126,44 @@ def iter_images(
     device = _device_of(generator)
     remaining = iter(seeds)
     while chunk := list(itertools.islice(remaining, max(1, batch))):
-        latents = seed_latents(chunk, generator.z_dim, trunc)
+        latents = seed_latents(chunk, generator.z_dim, trunc, conditional=is_conditional(generator))
         yield chunk, to_uint8(generator(latents.to(device))).cpu()
 
 
-def seed_latents(seeds: Sequence[int], z_dim: int, trunc: float = 1.0) -> Tensor:
-    """Latents of ``seeds``, truncated towards the mean (zero) by ``trunc`` (1 = none, 0 = the mean)."""
+class ClassChoice(nn.Module):
+    """A conditional generator that draws every image from one class: each latent code is moved into
+    ``cls``'s interval of the first coordinate (:func:`scs_gan.latents.with_class`), the rest of the code kept,
+    so seed k gives the class-``cls`` image closest to what seed k gives on its own."""
+
+    def __init__(self, generator: nn.Module, cls: int) -> None:
+        super().__init__()
+        if not is_conditional(generator):
+            raise UserError("--class needs a class-conditional generator (model.num_classes > 0); this one is not")
+        if not 0 <= cls < generator.num_classes:
+            raise UserError(f"--class must be between 0 and {generator.num_classes - 1} for this generator, got {cls}")
+        self.generator, self.cls = generator, cls
+        self.z_dim, self.num_classes = generator.z_dim, generator.num_classes
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.generator(with_class(z, self.cls, self.generator.class_cdf))
+
+
+def choose_class(generator: nn.Module, cls: int | None) -> nn.Module:
+    """``generator``, or with ``cls`` a :class:`ClassChoice` of it (a clear error if it cannot have one)."""
+    return generator if cls is None else ClassChoice(generator, cls)
+
+
+def is_conditional(generator: nn.Module) -> bool:
+    """Whether ``generator`` reads a class from its latents' first coordinate (``model.num_classes`` > 0)."""
+    return getattr(generator, "num_classes", 0) > 0
+
+
+def seed_latents(seeds: Sequence[int], z_dim: int, trunc: float = 1.0, conditional: bool = False) -> Tensor:
+    """Latents of ``seeds``, truncated towards the mean (zero) by ``trunc`` (1 = none, 0 = the mean); for a
+    ``conditional`` generator the first coordinate, which picks the class, is not truncated."""
     if not 0.0 <= trunc <= 1.0:
         raise UserError(f"--trunc must be between 0 and 1, got {trunc}")
-    return latents_for_seeds(seeds, z_dim) * trunc
+    return truncate(latents_for_seeds(seeds, z_dim), trunc, conditional)
 
 
 def slerp(a: Tensor, b: Tensor, t: float) -> Tensor:
@@ -154,10 +183,12 @@ def _walk_length(seed_count: int, frames: int, loop: bool) -> int:
     return seed_count * frames if loop else (seed_count - 1) * frames + 1
 
 
-def walk_latents(seeds: Sequence[int], z_dim: int, frames: int, trunc: float = 1.0, loop: bool = False) -> Tensor:
+def walk_latents(
+    seeds: Sequence[int], z_dim: int, frames: int, trunc: float = 1.0, loop: bool = False, conditional: bool = False
+) -> Tensor:
     """``frames`` latents per segment between consecutive seeds (and back to the first with ``loop``)."""
     _walk_length(len(seeds), frames, loop)
-    keys = seed_latents(seeds, z_dim, trunc)
+    keys = seed_latents(seeds, z_dim, trunc, conditional)
     if loop:
         keys = torch.cat([keys, keys[:1]])
     out = []

@@ -50,22 +50,25 @@ MAX_PARAMETERS = 2_000_000_000
 
 @dataclass
 class GeneratorSpec:
-    """What builds a generator: latent size, image shape and the ``model.g`` options."""
+    """What builds a generator: latent size, image shape, the ``model.g`` options and the number of classes
+    (0: unconditional)."""
 
     z_dim: int
     resolution: int
     channels: int
     g: GeneratorConfig
+    num_classes: int = 0
 
     @classmethod
     def of(cls, generator: Generator) -> GeneratorSpec:
         """The spec of an existing generator."""
-        return cls(generator.z_dim, generator.resolution, generator.img_channels, generator.config)
+        g = generator
+        return cls(g.z_dim, g.resolution, g.img_channels, g.config, g.num_classes)
 
     def build(self, device: torch.device | str | None = None) -> Generator:
         """A new generator with this architecture (initial weights) on ``device``."""
         with torch.device(device or "cpu"):
-            return Generator(self.g, self.z_dim, self.resolution, self.channels)
+            return Generator(self.g, self.z_dim, self.resolution, self.channels, self.num_classes)
 
 
 @dataclass
@@ -91,6 +94,7 @@ def _header(generator: Generator, run_config: Mapping[str, Any] | Any | None, ex
             "z_dim": spec.z_dim,
             "resolution": spec.resolution,
             "channels": spec.channels,
+            "num_classes": spec.num_classes,
             "g": to_dict(spec.g),
         },
         "run_config": dict(run_config) if run_config is not None else None,
@@ -163,11 +167,15 @@ def _parse_spec(section: Any, where: str) -> GeneratorSpec:
         ModelConfig(g=g).validate()
     except UserError as error:
         raise UserError(f"{where} describes a generator this scs_gan cannot build ({error})") from None
+    classes = section.get("num_classes", 0)  # absent before conditional generators existed
+    if classes != 0:
+        classes = _positive_int(classes, "num_classes", where)
     return GeneratorSpec(
         _positive_int(section.get("z_dim"), "z_dim", where),
         _positive_int(section.get("resolution"), "resolution", where),
         _positive_int(section.get("channels"), "channels", where),
         g,
+        classes,
     )
 
 
@@ -185,6 +193,7 @@ def _from_header(header: Any, where: str) -> tuple[GeneratorSpec, dict[str, Any]
             raise UserError(f"{where} is damaged: its run configuration lacks the model or data section")
         section = {
             "z_dim": model.get("z_dim", 128),
+            "num_classes": model.get("num_classes", 0),
             "g": model.get("g", {}),
             "resolution": data.get("resolution", 32),
             "channels": data.get("channels", 1),
@@ -255,7 +264,8 @@ def _check_tensors(snapshot: Snapshot) -> None:
     where = f"snapshot {snapshot.source!r}"
     try:
         with torch.device("meta"):
-            expected = Generator(snapshot.spec.g, snapshot.spec.z_dim, snapshot.spec.resolution, snapshot.spec.channels)
+            spec = snapshot.spec
+            expected = Generator(spec.g, spec.z_dim, spec.resolution, spec.channels, spec.num_classes)
     except (ValueError, RuntimeError, OverflowError) as error:
         raise UserError(f"{where} describes a generator this scs_gan cannot build ({error})") from None
     size = sum(math.prod(t.shape) for t in expected.state_dict().values())

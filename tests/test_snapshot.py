@@ -80,7 +80,8 @@ def test_both_layouts_hold_the_same_header(tmp_path):
     in_dir = json.loads((tmp_path / "hub" / "config.json").read_text())
     assert in_file == in_dir
     assert in_file["format"] == SNAPSHOT_FORMAT and in_file["version"] == SNAPSHOT_VERSION == 2
-    assert in_file["generator"] == {"z_dim": 16, "resolution": 32, "channels": 1, "g": to_dict(generator.config)}
+    expected = {"z_dim": 16, "resolution": 32, "channels": 1, "num_classes": 0, "g": to_dict(generator.config)}
+    assert in_file["generator"] == expected
     assert in_file["run_config"] == run_config and in_file["extra"] == {"kimg": 2.0}
 
 

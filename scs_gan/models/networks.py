@@ -12,6 +12,12 @@ Topology for resolution ``R`` (a power of two, >= 8) and base width ``w``:
 * Discriminator: the mirror image: k4 s2 p1 layers from ``R`` down to ``4x4`` with widths ``w, 2w, ...``,
   then a k4 layer to one ``1x1`` logit.
 
+With ``num_classes`` > 0 both networks are class-conditional: the class of a latent code is read from its
+first coordinate (:func:`scs_gan.latents.classes_of`), the generator appends a learned embedding of it to
+the code, and the discriminator's last layer has one output shared by all classes and one per class: an
+image's logit is the sum of the shared one and its class's (as in projection discriminators, a class term
+beside the unconditional one; measured, class terms alone let G collapse within each class).
+
 The layer ``kind`` decides what the layers are: ``scs`` (sharpened cosine similarity), ``cosine`` (the
 same with sharpening off) or ``conv`` (the DCGAN baseline: convolutions with batch norm and (leaky) ReLU).
 SCS and cosine networks use no normalisation (SCS practice) but, by default, a LeakyReLU between layers
@@ -29,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
+from ..latents import classes_of
 from ..nn import MaxAbsPool2d, SCS2d, SCSTranspose2d
 
 Kind = Literal["scs", "cosine", "conv"]
@@ -55,6 +62,13 @@ class GeneratorConfig:
             more layer of the same width follows: kernel 3, stride 1, padding 1 (with its own batch norm and
             activation), as in generators with two layers per resolution; empty (the default) for DCGAN's
             one layer per resolution.
+        skip: StyleGAN2's skip generator (see the module docstring); off by default.
+        class_norm: in a class-conditional generator (``model.num_classes`` > 0), the norm of the class embedding
+            appended to the latent code (the embedding is normalised to it). The first layer's weights can align
+            with the embedding, which then adds about ``class_norm`` times their norm to each output, while the
+            random code adds a projection of about their norm: at 1 the two weigh alike. Measured: at the code's
+            own norm (sqrt(z_dim)) the class outweighed the code and G drew about one image per class
+            (docs/RESULTS.md, round 29).
     """
 
     kind: Kind = "scs"
@@ -69,6 +83,7 @@ class GeneratorConfig:
     gain_lr_mul: float = 50.0
     extra_layers_at: list[int] = field(default_factory=list)
     skip: bool = False
+    class_norm: float = 1.0
 
 
 @dataclass
@@ -125,6 +140,8 @@ def _validate_layers(c: GeneratorConfig | DiscriminatorConfig, section: str) -> 
             raise UserError(f"{section}.q_init must be positive")
         if not c.gain_lr_mul > 0:
             raise UserError(f"{section}.gain_lr_mul must be positive")
+    if isinstance(c, GeneratorConfig) and not c.class_norm > 0:
+        raise UserError(f"{section}.class_norm must be positive, got {c.class_norm}")
     if isinstance(c, GeneratorConfig) and len(set(c.extra_layers_at)) != len(c.extra_layers_at):
         raise UserError(f"{section}.extra_layers_at names a resolution twice: {c.extra_layers_at}")
     if isinstance(c, DiscriminatorConfig) and c.mbstd_group < 0:
@@ -133,9 +150,14 @@ def _validate_layers(c: GeneratorConfig | DiscriminatorConfig, section: str) -> 
 
 @dataclass
 class ModelConfig:
-    """Both networks (``model.*``): latent size, image shape (from the data section) and architectures."""
+    """Both networks (``model.*``): latent size, classes, image shape (from the data section) and architectures.
+
+    ``num_classes`` > 0 makes both networks class-conditional (see the module docstring); it must equal the
+    number of classes of the training set's labels. 0 trains an unconditional GAN.
+    """
 
     z_dim: int = 128
+    num_classes: int = 0
     g: GeneratorConfig = field(default_factory=GeneratorConfig)
     d: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
 
@@ -143,6 +165,10 @@ class ModelConfig:
         """Raise :class:`UserError` for values no network can be built from."""
         if self.z_dim < 1:
             raise UserError(f"model.z_dim must be at least 1, got {self.z_dim}")
+        if self.num_classes < 0:
+            raise UserError(
+                f"model.num_classes must be 0 (unconditional) or the number of classes, got {self.num_classes}"
+            )
         _validate_layers(self.g, "model.g")
         _validate_layers(self.d, "model.d")
 
@@ -249,13 +275,28 @@ def _width(base: int, level: int, cap: int) -> int:
 
 
 class Generator(nn.Module):
-    """Latent codes ``(N, z_dim)`` to images ``(N, C, R, R)`` in [-1, 1]; see the module docstring."""
+    """Latent codes ``(N, z_dim)`` to images ``(N, C, R, R)`` in [-1, 1]; see the module docstring.
 
-    def __init__(self, config: GeneratorConfig, z_dim: int, resolution: int, channels: int) -> None:
+    A conditional generator (``num_classes`` > 0) holds the training set's cumulative class frequencies as
+    the buffer ``class_cdf`` (set by the trainer, saved with the weights), so that the classes of random
+    latent codes come out as often as in the training set.
+    """
+
+    class_cdf: Tensor
+
+    def __init__(
+        self, config: GeneratorConfig, z_dim: int, resolution: int, channels: int, num_classes: int = 0
+    ) -> None:
         super().__init__()
-        if config.channels < 1 or config.max_channels < 1 or z_dim < 1:
+        if config.channels < 1 or config.max_channels < 1 or z_dim < 1 or num_classes < 0:
             raise UserError("model.g.channels, model.g.max_channels and model.z_dim must be positive")
         self.config, self.z_dim, self.resolution, self.img_channels = config, z_dim, resolution, channels
+        self.num_classes = num_classes
+        self.embed: nn.Embedding | None = None
+        if num_classes:
+            self.embed = nn.Embedding(num_classes, z_dim)
+            nn.init.normal_(self.embed.weight)
+            self.register_buffer("class_cdf", torch.arange(1, num_classes + 1, dtype=torch.float64) / num_classes)
         levels = _levels(resolution)
         kind = config.kind
         activation = config.activation if config.activation != "auto" else ("relu" if kind == "conv" else "lrelu")
@@ -269,7 +310,7 @@ class Generator(nn.Module):
             )
         layers: list[nn.Module] = []
         self._taps: list[int] = []  # index in `net` of the last module of each hidden resolution
-        in_ch = z_dim
+        in_ch = 2 * z_dim if num_classes else z_dim
         for i, out_ch in enumerate(widths):
             stride, padding = (1, 0) if i == 0 else (2, 1)
             blocks = [(4, stride, padding)] + ([(3, 1, 1)] if hidden[i] in config.extra_layers_at else [])
@@ -313,8 +354,16 @@ class Generator(nn.Module):
             sharpen=c.kind == "scs",
         )
 
+    def classes(self, z: Tensor) -> Tensor | None:
+        """The class each latent code of ``z`` asks for (int64 ``(N,)``), or None if G is unconditional."""
+        return None if self.embed is None else classes_of(z, self.class_cdf)
+
     def forward(self, z: Tensor) -> Tensor:
         x = z.view(z.shape[0], self.z_dim, 1, 1)
+        if self.embed is not None:
+            label = nn.functional.normalize(self.embed(classes_of(z, self.class_cdf)), dim=1) * self.config.class_norm
+            label = label.to(x.dtype)
+            x = torch.cat([x, label.view(z.shape[0], self.z_dim, 1, 1)], dim=1)
         if self.to_image is None:
             return self.net(x)
         image: Tensor | None = None
@@ -335,13 +384,16 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Images ``(N, C, R, R)`` to logits ``(N,)``; see the module docstring."""
+    """Images ``(N, C, R, R)`` (with their classes ``(N,)`` if conditional) to logits ``(N,)``; see the module
+    docstring."""
 
-    def __init__(self, config: DiscriminatorConfig, resolution: int, channels: int) -> None:
+    def __init__(self, config: DiscriminatorConfig, resolution: int, channels: int, num_classes: int = 0) -> None:
         super().__init__()
         if config.channels < 1 or config.max_channels < 1:
             raise UserError("model.d.channels and model.d.max_channels must be positive")
         self.config, self.resolution, self.img_channels = config, resolution, channels
+        self.num_classes = num_classes
+        outputs = 1 + num_classes
         levels = _levels(resolution)
         kind = config.kind
         activation = "lrelu" if config.activation == "auto" else config.activation
@@ -365,9 +417,9 @@ class Discriminator(nn.Module):
             layers.append(MinibatchStd(config.mbstd_group))
             in_ch += 1
         if kind == "conv" or config.head == "linear":
-            layers.append(nn.Conv2d(in_ch, 1, 4, 1, 0, bias=True))
+            layers.append(nn.Conv2d(in_ch, outputs, 4, 1, 0, bias=True))
         else:
-            layers += [self._layer(in_ch, 1, 4, 1, 0), Gain(config.out_gain, config.gain_lr_mul)]
+            layers += [self._layer(in_ch, outputs, 4, 1, 0), Gain(config.out_gain, config.gain_lr_mul)]
         self.net = nn.Sequential(*layers)
 
     def _layer(self, in_ch: int, out_ch: int, k: int, stride: int, padding: int, bias: bool = False) -> nn.Module:
@@ -388,8 +440,13 @@ class Discriminator(nn.Module):
             sharpen=c.kind == "scs",
         )
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.net(images).view(images.shape[0])
+    def forward(self, images: Tensor, classes: Tensor | None = None) -> Tensor:
+        logits = self.net(images).view(images.shape[0], -1)
+        if not self.num_classes:
+            return logits.view(images.shape[0])
+        if classes is None:
+            raise ValueError("a conditional discriminator needs each image's class")
+        return logits[:, 0] + logits[:, 1:].gather(1, classes.view(-1, 1)).view(images.shape[0])
 
 
 def init_dcgan_weights(module: nn.Module) -> None:
@@ -406,7 +463,7 @@ def init_dcgan_weights(module: nn.Module) -> None:
 
 def build_generator(model: ModelConfig, resolution: int, channels: int) -> Generator:
     """The generator ``model`` describes, for images of ``resolution`` and ``channels``."""
-    g = Generator(model.g, model.z_dim, resolution, channels)
+    g = Generator(model.g, model.z_dim, resolution, channels, model.num_classes)
     if model.g.kind == "conv":
         init_dcgan_weights(g)
     return g
@@ -414,7 +471,7 @@ def build_generator(model: ModelConfig, resolution: int, channels: int) -> Gener
 
 def build_discriminator(model: ModelConfig, resolution: int, channels: int) -> Discriminator:
     """The discriminator ``model`` describes."""
-    d = Discriminator(model.d, resolution, channels)
+    d = Discriminator(model.d, resolution, channels, model.num_classes)
     if model.d.kind == "conv":
         init_dcgan_weights(d)
     return d

@@ -150,6 +150,21 @@ def _loss_scale(accelerator: Accelerator) -> float:
     return accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0
 
 
+def check_classes(dataset: Any, num_classes: int) -> None:
+    """Refuse a conditional GAN (``model.num_classes`` > 0) on a dataset whose labels do not fit it."""
+    if dataset.labels is None:
+        where = "" if dataset.images is not None else " (it is streamed; labels need an in-memory dataset)"
+        raise UserError(
+            f"model.num_classes={num_classes} asks for a class-conditional GAN, but dataset {dataset.name} has no "
+            f"class labels{where}; set model.num_classes=0"
+        )
+    if dataset.num_classes != num_classes:
+        raise UserError(
+            f"model.num_classes is {num_classes}, but dataset {dataset.name} has {dataset.num_classes} classes; "
+            f"set model.num_classes={dataset.num_classes} (or 0 for an unconditional GAN)"
+        )
+
+
 def compiles(setting: bool | str, device: torch.device, processes: int = 1) -> bool:
     """Whether ``train.compile`` (true, false or ``auto``) compiles the training steps of ``processes``
     processes on ``device``: ``auto`` does on one CUDA process, where it was measured to pay, and not
@@ -160,14 +175,15 @@ def compiles(setting: bool | str, device: torch.device, processes: int = 1) -> b
 @dataclass
 class CompiledSteps:
     """The ``torch.compile`` forms of the training steps' pieces (``train.compile``), sharing G's and D's
-    parameters: ``generate(z)`` is G's forward; ``d_losses(reals, fakes)`` D's forward on both (already
-    augmented) with the D loss, returning the loss and the real and fake logits; ``g_loss(fakes, real_logits, keep)``
-    D's forward on the augmented fakes with the G loss (``real_logits``: None, or the relativistic loss's;
-    ``keep``: None, or top-k training's count)."""
+    parameters: ``generate(z)`` is G's forward; ``d_losses(reals, fakes, real_classes, fake_classes)`` D's
+    forward on both (already augmented; the classes None unless conditional) with the D loss, returning the loss
+    and the real and fake logits; ``g_loss(fakes, fake_classes, real_logits, keep)`` D's forward on the
+    augmented fakes with the G loss (``real_logits``: None, or the relativistic loss's; ``keep``: None, or top-k
+    training's count)."""
 
     generate: Callable[[Tensor], Tensor]
-    d_losses: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
-    g_loss: Callable[[Tensor, Tensor | None, Tensor | None], Tensor]
+    d_losses: Callable[[Tensor, Tensor, Tensor | None, Tensor | None], tuple[Tensor, Tensor, Tensor]]
+    g_loss: Callable[[Tensor, Tensor | None, Tensor | None, Tensor | None], Tensor]
 
 
 class Trainer:
@@ -214,8 +230,14 @@ class Trainer:
 
         with acc.main_process_first():
             self.dataset = build_dataset(config.data)
+        self.conditional = config.model.num_classes > 0
+        if self.conditional:
+            check_classes(self.dataset, config.model.num_classes)
         torch.manual_seed(t.seed)  # identical initial weights on every process
         generator = build_generator(config.model, config.data.resolution, config.data.channels)
+        if self.conditional:
+            generator.class_cdf.copy_(self.dataset.class_frequencies().cumsum(0))
+        self.classes_of = generator.classes  # the classes latents ask for (None: unconditional)
         discriminator = build_discriminator(config.model, config.data.resolution, config.data.channels)
         if t.scs_weight_rms is not None:
             rescale_scs_weights(generator, t.scs_weight_rms)
@@ -241,10 +263,12 @@ class Trainer:
             workers=config.data.workers if self.dataset.images is None else 0,
             hflip=config.data.hflip,
             pin_memory=acc.device.type == "cuda",
+            labels=self.conditional,
         )
         self.progress = Progress()
         self.compiled: CompiledSteps | None = None  # built on first use when train.compile is on
-        self._fakes: list[Tensor] = []  # with train.share_fakes: the D step's fakes, with G's graph, for the G step
+        self._fakes: list[tuple[Tensor, Tensor | None]] = []  # with train.share_fakes: the D step's fakes (with
+        # G's graph) and their classes, for the G step
         self._real_logits: list[Tensor] = []  # with train.loss=relativistic: the D step's real logits, for the G step
         self.strength = AdaptiveStrength(t.augment_p, t.ada_target, t.ada_interval, t.ada_kimg) if t.augment else None
         self.grid_latents = latents_for_seeds(range(t.grid_seeds), config.model.z_dim, acc.device)
@@ -312,11 +336,21 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------- one step
 
-    def _micro_batches(self) -> list[Tensor]:
-        return [to_float(next(self.loader), self.accelerator.device) for _ in range(self.accum)]
+    def _micro_batches(self) -> list[tuple[Tensor, Tensor | None]]:
+        """The reals of one step's micro-batches, as floats on the device, each with its classes (None if
+        the GAN is unconditional)."""
+        out: list[tuple[Tensor, Tensor | None]] = []
+        device = self.accelerator.device
+        for _ in range(self.accum):
+            batch = next(self.loader)
+            images, classes = batch if isinstance(batch, tuple) else (batch, None)
+            out.append((to_float(images, device), None if classes is None else classes.to(device)))
+        return out
 
-    def _z(self) -> Tensor:
-        return torch.randn(self.batch_gpu, self.config.model.z_dim, device=self.accelerator.device)
+    def _z(self) -> tuple[Tensor, Tensor | None]:
+        """Random latents for one micro-batch, with the classes they ask for (None if unconditional)."""
+        z = torch.randn(self.batch_gpu, self.config.model.z_dim, device=self.accelerator.device)
+        return z, self.classes_of(z)
 
     def _augment(self, images: Tensor) -> Tensor:
         """What D sees: ``images`` augmented with the current strength (draws from the checkpointed RNG)."""
@@ -324,16 +358,28 @@ class Trainer:
             return images
         return augment(images, self.config.train.augment, self.strength.p)
 
-    def _d_losses(self, reals: Tensor, fakes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """D's loss on augmented reals and fakes, and its logits on both (for ADA's sign statistics, the
-        relativistic G loss and LeCam's averages)."""
-        real_logits, fake_logits = self.D(reals), self.D(fakes)
+    def _d_losses(
+        self, reals: Tensor, fakes: Tensor, real_classes: Tensor | None = None, fake_classes: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """D's loss on augmented reals and fakes (of the given classes, if conditional), and its logits on both
+        (for ADA's sign statistics, the relativistic G loss and LeCam's averages)."""
+        real_logits, fake_logits = self._D(reals, real_classes), self._D(fakes, fake_classes)
         return d_loss(self.config.train.loss, real_logits, fake_logits), real_logits, fake_logits
 
-    def _g_loss(self, fakes: Tensor, real_logits: Tensor | None = None, keep: Tensor | None = None) -> Tensor:
+    def _g_loss(
+        self,
+        fakes: Tensor,
+        classes: Tensor | None = None,
+        real_logits: Tensor | None = None,
+        keep: Tensor | None = None,
+    ) -> Tensor:
         """G's loss on augmented fakes (for the relativistic loss with the D phase's real logits; with
         ``keep``, over the fakes D scores highest)."""
-        return g_loss(self.config.train.loss, self.D(fakes), real_logits, keep)
+        return g_loss(self.config.train.loss, self._D(fakes, classes), real_logits, keep)
+
+    def _D(self, images: Tensor, classes: Tensor | None) -> Tensor:
+        """D's logits; an unconditional D is called without classes (DDP's forward takes what it is given)."""
+        return self.D(images) if classes is None else self.D(images, classes)
 
     def _topk_keep(self) -> Tensor | None:
         """How many fakes of a micro-batch count in G's loss now (``train.g_topk``), or None for all."""
@@ -368,7 +414,7 @@ class Trainer:
         total = self.accelerator.reduce(total, reduction="sum")
         return total[0].item(), int(total[1].item())
 
-    def _d_step(self, reals: list[Tensor], do_r1: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _d_step(self, reals: list[tuple[Tensor, Tensor | None]], do_r1: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """D's gradients over the micro-batches; returns the mean loss, the mean R1 penalty (0 without R1),
         the sum of sign(D(augmented reals)) and D's mean logits on reals and on fakes (a 2-vector), all on
         the device (read once, in :meth:`step`)."""
@@ -381,22 +427,25 @@ class Trainer:
         losses, penalties, signs, means = [], [], [], []
         anchors = self.progress.lecam if t.lecam > 0 else None
         self._fakes, self._real_logits = [], []
-        for i, real in enumerate(reals):
+        for i, (real, real_classes) in enumerate(reals):
             sync = contextlib.nullcontext() if i == len(reals) - 1 else acc.no_sync(self.D)
             with sync:
+                z, fake_classes = self._z()
                 if t.share_fakes:
                     # kept, with G's graph, for the G step; DDP must not expect G's backward before that (its
                     # gradients are averaged over processes by _average_g_gradients instead)
                     with acc.no_sync(self.G):
-                        fake = generate(self._z())
-                    self._fakes.append(fake)
+                        fake = generate(z)
+                    self._fakes.append((fake, fake_classes))
                 else:
                     with torch.no_grad():
-                        fake = generate(self._z())
+                        fake = generate(z)
                 if do_r1:
                     real = real.detach().requires_grad_(True)
                 # R1 differentiates through the augmentation; reals are augmented first, then fakes
-                loss, real_logits, fake_logits = d_losses(self._augment(real), self._augment(fake.detach()))
+                loss, real_logits, fake_logits = d_losses(
+                    self._augment(real), self._augment(fake.detach()), real_classes, fake_classes
+                )
                 signs.append(real_logits.detach().sign().sum())
                 means.append(torch.stack([real_logits.detach().float().mean(), fake_logits.detach().float().mean()]))
                 if anchors is not None:
@@ -426,8 +475,12 @@ class Trainer:
             for i in range(self.accum):
                 sync = contextlib.nullcontext() if i == self.accum - 1 and not shared else acc.no_sync(self.G)
                 with sync, acc.no_sync(self.D):
-                    fake = shared[i] if shared else generate(self._z())
-                    loss = loss_of(self._augment(fake), real_logits[i] if real_logits else None, keep)
+                    if shared:
+                        fake, classes = shared[i]
+                    else:
+                        z, classes = self._z()
+                        fake = generate(z)
+                    loss = loss_of(self._augment(fake), classes, real_logits[i] if real_logits else None, keep)
                     acc.backward(loss / self.accum)
                     losses.append(loss.detach())
         finally:

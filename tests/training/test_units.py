@@ -222,8 +222,8 @@ def test_lecam_averages_start_at_the_first_step_and_follow_the_mean_logits(tmp_p
     means, anchors_used = [], []
     d_losses, penalty = trainer._d_losses, trainer_module.lecam_penalty
 
-    def recording_d_losses(reals, fakes):
-        loss, real_logits, fake_logits = d_losses(reals, fakes)
+    def recording_d_losses(reals, fakes, *classes):
+        loss, real_logits, fake_logits = d_losses(reals, fakes, *classes)
         means.append([real_logits.mean().item(), fake_logits.mean().item()])
         return loss, real_logits, fake_logits
 
@@ -662,9 +662,11 @@ def test_a_training_step_reads_the_device_once_per_phase(tmp_path, monkeypatch):
         trainer.close()
 
 
-def test_shared_fakes_train_exactly_as_regenerating_the_same_latents(tmp_path, monkeypatch):
+@pytest.mark.parametrize("classes", [0, 10], ids=["unconditional", "conditional"])
+def test_shared_fakes_train_exactly_as_regenerating_the_same_latents(tmp_path, monkeypatch, classes):
     """``train.share_fakes``: one G forward per micro-batch and step, and the same updates as the two-forward
-    step given the same latents in both phases (two accumulated micro-batches, R1 on every other step)."""
+    step given the same latents in both phases (two accumulated micro-batches, R1 on every other step); a
+    conditional GAN's G phase scores the shared fakes as the classes they were made for."""
     from scs_gan.training import Trainer
 
     overrides = [
@@ -674,6 +676,7 @@ def test_shared_fakes_train_exactly_as_regenerating_the_same_latents(tmp_path, m
         "metrics.names=[]",
         "train.r1_gamma=1",
         "train.r1_interval=2",
+        f"model.num_classes={classes}",
     ]
     latents = [torch.randn(4, 16, generator=torch.Generator().manual_seed(i)) for i in range(8)]
     params, forwards = {}, {}
@@ -682,10 +685,12 @@ def test_shared_fakes_train_exactly_as_regenerating_the_same_latents(tmp_path, m
         trainer = Trainer(config)
         trainer.log.stream = None
         calls = iter(range(10**6))
-        if share:
-            monkeypatch.setattr(trainer, "_z", lambda c=calls: latents[next(c)])
-        else:  # each step's D phase draws latents 2k, 2k+1, and its G phase draws the same two again
-            monkeypatch.setattr(trainer, "_z", lambda c=calls: latents[(n := next(c)) // 4 * 2 + n % 2])
+
+        def index(c=calls, share=share) -> int:
+            # shared: each step draws latents 2k, 2k+1 once; else the G phase draws the D phase's two again
+            return next(c) if share else (n := next(c)) // 4 * 2 + n % 2
+
+        monkeypatch.setattr(trainer, "_z", lambda t=trainer: (z := latents[index()], t.classes_of(z)))
         forwards[share] = []
         trainer.G.register_forward_hook(lambda *_, f=forwards[share]: f.append(1))
         try:
