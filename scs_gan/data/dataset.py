@@ -130,10 +130,11 @@ class ImageDataset(Dataset):
         s = self.summary()
         mode = "in memory" if s["in_memory"] else "streamed"
         skipped = f", {s['skipped_files']} corrupt files skipped" if s["skipped_files"] else ""
+        classes = f", {s['classes']} classes" if s["classes"] else ""
         return (
             f"dataset {s['name']}: {s['images']} images, {s['resolution']}x{s['resolution']}, "
-            f"{s['channels']} channel{'s' if s['channels'] > 1 else ''}, {mode}, fingerprint {s['fingerprint']}"
-            f"{skipped} ({s['source']})"
+            f"{s['channels']} channel{'s' if s['channels'] > 1 else ''}{classes}, {mode}, "
+            f"fingerprint {s['fingerprint']}{skipped} ({s['source']})"
         )
 
 

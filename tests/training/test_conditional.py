@@ -34,12 +34,14 @@ def test_mnist5k_labels_are_the_files_and_follow_the_subset():
     full = build_dataset(DataConfig(name="mnist5k"))
     assert full.num_classes == 10 and torch.equal(full.labels, torch.from_numpy(labels).long())
     assert full.class_frequencies().tolist() == [0.1] * 10
+    assert ", 10 classes, in memory" in full.summary_line() and full.summary()["classes"] == 10
     subset = build_dataset(DataConfig(name="mnist5k", max_images=50))
     # each kept image keeps its own label: find each subset image among the full set's
     for image, label in zip(subset.images[:, 0, 2:30, 2:30], subset.labels, strict=True):
         rows = np.flatnonzero((digits == image.numpy()).all(axis=(1, 2)))
         assert len(rows) >= 1 and int(label) in labels[rows]
-    assert build_dataset(DataConfig(name="synthetic", count=8)).labels is None
+    synthetic = build_dataset(DataConfig(name="synthetic", count=8))
+    assert synthetic.labels is None and synthetic.num_classes == 0 and "classes" not in synthetic.summary_line()
 
 
 def test_the_loader_gives_each_image_its_label_on_every_process():

@@ -354,10 +354,14 @@ def test_nan_guard_skips_counts_and_stops_with_a_checkpoint(tmp_path):
         ("cosine", (), "8 per process x 2 x 1"),
         ("conv", (), "8 per process x 2 x 1"),
         # G's gradients are averaged by the trainer, not by DDP, when the G step reuses the D step's fakes;
-        # LeCam's mean logits are reduced over the processes
-        ("scs", ("train.share_fakes=true", "train.batch_gpu=4", "train.lecam=0.3"), "4 per process x 2 x 2"),
+        # LeCam's mean logits are reduced over the processes; a conditional D gets each process's labels
+        (
+            "scs",
+            ("train.share_fakes=true", "train.batch_gpu=4", "train.lecam=0.3", "model.num_classes=10"),
+            "4 per process x 2 x 2",
+        ),
     ],
-    ids=["scs", "cosine", "conv", "scs-shared-fakes-accumulated"],
+    ids=["scs", "cosine", "conv", "scs-conditional-shared-fakes-accumulated"],
 )
 def test_two_processes_under_accelerate_end_identical(tmp_path, kind, extra, split):
     """Every arm, the DCGAN's batch norm included, ends with identical replicas (weights and buffers)."""
