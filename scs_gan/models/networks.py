@@ -69,6 +69,9 @@ class GeneratorConfig:
             random code adds a projection of about their norm: at 1 the two weigh alike. Measured: at the code's
             own norm (sqrt(z_dim)) the class outweighed the code and G drew about one image per class
             (docs/RESULTS.md, round 29).
+        class_dim: the length of that embedding; 0 (the default) gives it the code's length, ``model.z_dim``,
+            which doubles the first layer's input. Ten classes need no more than ten dimensions to be told apart,
+            and a shorter embedding makes the first layer (the generator's largest) cheaper.
     """
 
     kind: Kind = "scs"
@@ -84,6 +87,7 @@ class GeneratorConfig:
     extra_layers_at: list[int] = field(default_factory=list)
     skip: bool = False
     class_norm: float = 1.0
+    class_dim: int = 0
 
 
 @dataclass
@@ -142,6 +146,8 @@ def _validate_layers(c: GeneratorConfig | DiscriminatorConfig, section: str) -> 
             raise UserError(f"{section}.gain_lr_mul must be positive")
     if isinstance(c, GeneratorConfig) and not c.class_norm > 0:
         raise UserError(f"{section}.class_norm must be positive, got {c.class_norm}")
+    if isinstance(c, GeneratorConfig) and c.class_dim < 0:
+        raise UserError(f"{section}.class_dim must be 0 (the latent code's length) or positive, got {c.class_dim}")
     if isinstance(c, GeneratorConfig) and len(set(c.extra_layers_at)) != len(c.extra_layers_at):
         raise UserError(f"{section}.extra_layers_at names a resolution twice: {c.extra_layers_at}")
     if isinstance(c, DiscriminatorConfig) and c.mbstd_group < 0:
@@ -293,8 +299,9 @@ class Generator(nn.Module):
         self.config, self.z_dim, self.resolution, self.img_channels = config, z_dim, resolution, channels
         self.num_classes = num_classes
         self.embed: nn.Embedding | None = None
+        self.class_dim = (config.class_dim or z_dim) if num_classes else 0
         if num_classes:
-            self.embed = nn.Embedding(num_classes, z_dim)
+            self.embed = nn.Embedding(num_classes, self.class_dim)
             nn.init.normal_(self.embed.weight)
             self.register_buffer("class_cdf", torch.arange(1, num_classes + 1, dtype=torch.float64) / num_classes)
         levels = _levels(resolution)
@@ -310,7 +317,7 @@ class Generator(nn.Module):
             )
         layers: list[nn.Module] = []
         self._taps: list[int] = []  # index in `net` of the last module of each hidden resolution
-        in_ch = 2 * z_dim if num_classes else z_dim
+        in_ch = z_dim + self.class_dim
         for i, out_ch in enumerate(widths):
             stride, padding = (1, 0) if i == 0 else (2, 1)
             blocks = [(4, stride, padding)] + ([(3, 1, 1)] if hidden[i] in config.extra_layers_at else [])
@@ -363,7 +370,7 @@ class Generator(nn.Module):
         if self.embed is not None:
             label = nn.functional.normalize(self.embed(classes_of(z, self.class_cdf)), dim=1) * self.config.class_norm
             label = label.to(x.dtype)
-            x = torch.cat([x, label.view(z.shape[0], self.z_dim, 1, 1)], dim=1)
+            x = torch.cat([x, label.view(z.shape[0], self.class_dim, 1, 1)], dim=1)
         if self.to_image is None:
             return self.net(x)
         image: Tensor | None = None

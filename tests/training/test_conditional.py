@@ -123,13 +123,18 @@ def test_both_networks_depend_on_the_class(kind):
     assert unconditional.classes(z) is None and not hasattr(unconditional, "class_cdf")
 
 
-def test_a_conditional_snapshot_reloads_with_its_class_frequencies(tmp_path):
+@pytest.mark.parametrize("class_dim", [0, 3])
+def test_a_conditional_snapshot_reloads_with_its_class_frequencies(tmp_path, class_dim):
     torch.manual_seed(0)
-    g = build_generator(small_model(3), 32, 1).eval()
+    model = small_model(3)
+    model.g.class_dim = class_dim
+    g = build_generator(model, 32, 1).eval()
+    # the embedding has the code's length (16) unless model.g.class_dim shortens it
+    assert g.embed.weight.shape == (3, class_dim or 16) and g.net[0].in_channels == 16 + (class_dim or 16)
     g.class_cdf.copy_(torch.tensor([0.2, 0.3, 1.0], dtype=torch.float64))
     path = save_snapshot(g, tmp_path / "g.safetensors")
     loaded = load_generator(path)
-    assert loaded.num_classes == 3 and torch.equal(loaded.class_cdf, g.class_cdf)
+    assert loaded.num_classes == 3 and loaded.class_dim == g.class_dim and torch.equal(loaded.class_cdf, g.class_cdf)
     z = latents_for_seeds(range(8), 16)
     with torch.no_grad():
         torch.testing.assert_close(loaded(z), g(z), rtol=0, atol=0)
@@ -172,6 +177,7 @@ def test_the_training_step_gives_d_each_real_images_label_and_each_fakes_class(t
         (["model.num_classes=10", "data.name=synthetic"], "dataset synthetic has no class labels"),
         (["model.num_classes=-1"], "model.num_classes must be 0"),
         (["model.num_classes=10", "model.g.class_norm=0"], "model.g.class_norm must be positive"),
+        (["model.num_classes=10", "model.g.class_dim=-2"], "model.g.class_dim must be 0"),
     ],
 )
 def test_classes_that_do_not_fit_the_data_are_one_sentence(tmp_path, overrides, message):
