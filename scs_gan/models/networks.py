@@ -159,11 +159,13 @@ class ModelConfig:
     """Both networks (``model.*``): latent size, classes, image shape (from the data section) and architectures.
 
     ``num_classes`` > 0 makes both networks class-conditional (see the module docstring); it must equal the
-    number of classes of the training set's labels. 0 trains an unconditional GAN.
+    number of classes of the training set's labels. 0 trains an unconditional GAN. ``auto`` is resolved by the
+    trainer to the training set's class count: conditional on a dataset with labels, unconditional on one
+    without; the run's ``config.yaml`` records the number it became.
     """
 
     z_dim: int = 128
-    num_classes: int = 0
+    num_classes: int | Literal["auto"] = 0
     g: GeneratorConfig = field(default_factory=GeneratorConfig)
     d: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
 
@@ -171,9 +173,9 @@ class ModelConfig:
         """Raise :class:`UserError` for values no network can be built from."""
         if self.z_dim < 1:
             raise UserError(f"model.z_dim must be at least 1, got {self.z_dim}")
-        if self.num_classes < 0:
+        if self.num_classes != "auto" and self.num_classes < 0:
             raise UserError(
-                f"model.num_classes must be 0 (unconditional) or the number of classes, got {self.num_classes}"
+                f"model.num_classes must be 0 (unconditional), the number of classes or auto, got {self.num_classes}"
             )
         _validate_layers(self.g, "model.g")
         _validate_layers(self.d, "model.d")

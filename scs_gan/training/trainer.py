@@ -225,11 +225,12 @@ class Trainer:
         self.log = RunLog(self.run_dir / "log.txt" if self.main else None, sys.stdout if self.main else None)
         t = config.train
         self.batch_gpu, self.accum = self._batch_split()
-        if self.main and checkpoint is None:
-            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(config))
-
         with acc.main_process_first():
             self.dataset = build_dataset(config.data)
+        if config.model.num_classes == "auto":  # conditional where the data has labels
+            config.model.num_classes = self.dataset.num_classes
+        if self.main and checkpoint is None:
+            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(config))
         self.conditional = config.model.num_classes > 0
         if self.conditional:
             check_classes(self.dataset, config.model.num_classes)
@@ -647,7 +648,8 @@ class Trainer:
         self.log(self.dataset.summary_line())
         self.log(
             f"generator: {c.model.g.kind}, {g_params:,} parameters; "
-            f"discriminator: {c.model.d.kind}, {d_params:,} parameters"
+            f"discriminator: {c.model.d.kind}, {d_params:,} parameters; "
+            + (f"conditional on {c.model.num_classes} classes" if self.conditional else "unconditional")
         )
         self.log(
             f"{acc.num_processes} process(es) on {acc.device.type}, batch {c.train.batch} = {self.batch_gpu} per "

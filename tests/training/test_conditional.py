@@ -170,6 +170,22 @@ def test_the_training_step_gives_d_each_real_images_label_and_each_fakes_class(t
         trainer.close()
 
 
+@pytest.mark.parametrize("data,classes", [("mnist5k", 10), ("synthetic", 0)])
+def test_auto_classes_follow_the_data_and_the_run_records_the_count(tmp_path, data, classes):
+    from scs_gan.training import Trainer
+    from scs_gan.training.config import load_run_config
+
+    config = load_config(CONFIGS / "smoke.yaml", [f"train.runs_dir={tmp_path}", f"data.name={data}"])
+    config.model.num_classes = "auto"
+    trainer = Trainer(config)
+    try:
+        assert trainer.conditional == (classes > 0)
+        assert trainer.accelerator.unwrap_model(trainer.G).num_classes == classes
+        assert load_run_config(trainer.run_dir).model.num_classes == classes
+    finally:
+        trainer.close()
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [
