@@ -256,9 +256,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 # Options added after runs had been saved whose default is not what those runs trained with: a saved
 # config.yaml without the key trained with this value, so that is what its resume (and the study's record)
 # uses; keys added with a default that keeps the old maths need no entry.
-ADDED_LATER: dict[tuple[str, str], Any] = {
-    ("train", "lr_rampdown"): 0.0,  # constant rates before the ramp-down existed
-    ("train", "share_fakes"): False,  # two G forwards per step before the option existed
+ADDED_LATER: dict[str, Any] = {
+    "train.lr_rampdown": 0.0,  # constant rates before the ramp-down existed
+    "train.share_fakes": False,  # two G forwards per step before the option existed
 }
 
 
@@ -267,8 +267,11 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     trained with for options added since (:data:`ADDED_LATER`)."""
     data = load_yaml(Path(run_dir) / "config.yaml")
     if isinstance(data, dict):
-        for (section, key), value in ADDED_LATER.items():
-            part = data.get(section)
+        for dotted, value in ADDED_LATER.items():
+            *sections, key = dotted.split(".")
+            part: Any = data
+            for section in sections:
+                part = part.get(section) if isinstance(part, dict) else None
             if isinstance(part, dict) and key not in part:
                 part[key] = value
     return from_dict(RunConfig, data)

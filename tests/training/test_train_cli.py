@@ -391,26 +391,47 @@ def test_two_processes_under_accelerate_end_identical(tmp_path, kind, extra, spl
     assert all(s["r1"] is not None for s in stats)
 
 
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (("model.g.chanels=8",), "unknown config key 'model.g.chanels'; did you mean 'model.g.channels'?"),
-        (("train.batch=many",), "train.batch must be an integer"),
-        (("model.d.kind=sharp",), "model.d.kind must be one of"),
-        (("train.batch=10", "train.batch_gpu=4"), "must be a multiple of train.batch_gpu"),
-        (("--config", "missing.yaml"), "config file 'missing.yaml' does not exist"),
-        (("--resume", "latest"), "found no checkpoint"),
-    ],
-)
-def test_config_errors_are_one_sentence(tmp_path, args, message):
+CONFIG_ERRORS = [
+    (("model.g.chanels=8",), "unknown config key 'model.g.chanels'; did you mean 'model.g.channels'?"),
+    (("train.batch=many",), "train.batch must be an integer"),
+    (("model.d.kind=sharp",), "model.d.kind must be one of"),
+    (("train.batch=10", "train.batch_gpu=4"), "must be a multiple of train.batch_gpu"),
+    (("--config", "missing.yaml"), "config file 'missing.yaml' does not exist"),
+    (("--resume", "latest"), "found no checkpoint"),
+]
+
+
+def test_a_config_error_is_one_sentence_from_the_command(tmp_path):
+    """The first error end to end, in its own process: exit 2 and one line, no traceback."""
+    args, message = CONFIG_ERRORS[0]
     result = train(tmp_path, *args, timeout=120)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_dry_run_prints_the_resolved_config(tmp_path):
-    result = train(tmp_path, "--dry-run", "model.g.channels=12")
-    assert result.returncode == 0
-    assert "channels: 12" in result.stdout and "kind: scs" in result.stdout
+@pytest.mark.parametrize("args,message", CONFIG_ERRORS)
+def test_config_errors_are_one_sentence(tmp_path, monkeypatch, capsys, args, message):
+    """Every error through the command's entry point in this process (a process each would cost seconds of
+    imports; the one above checks the process itself)."""
+    from scs_gan.cli import main
+
+    monkeypatch.setenv("SCS_GAN_CACHE", str(tmp_path / "cache"))
+    code = main(["train", "--config", SMOKE, f"train.runs_dir={tmp_path / 'runs'}", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_dry_run_prints_the_resolved_config(tmp_path, monkeypatch, capsys):
+    from scs_gan.cli import main
+
+    monkeypatch.setenv("SCS_GAN_CACHE", str(tmp_path / "cache"))
+    assert (
+        main(["train", "--config", SMOKE, f"train.runs_dir={tmp_path / 'runs'}", "--dry-run", "model.g.channels=12"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "channels: 12" in out and "kind: scs" in out
     assert not (tmp_path / "runs").exists()
