@@ -162,8 +162,11 @@ def _positive_int(value: Any, name: str, where: str) -> int:
 def _parse_spec(section: Any, where: str) -> GeneratorSpec:
     if not isinstance(section, dict):
         raise UserError(f"{where} is damaged: its generator description is not a mapping")
+    g_section = section.get("g")
+    if isinstance(g_section, dict) and "class_dim" not in g_section:
+        g_section = {**g_section, "class_dim": 0}  # absent before the option existed: the code's length
     try:
-        g = from_dict(GeneratorConfig, section.get("g"), "model.g")
+        g = from_dict(GeneratorConfig, g_section, "model.g")
         ModelConfig(g=g).validate()
     except UserError as error:
         raise UserError(f"{where} describes a generator this scs_gan cannot build ({error})") from None

@@ -115,6 +115,23 @@ def _header_of(generator) -> dict:
     }
 
 
+def test_a_conditional_snapshot_from_before_class_dim_keeps_an_embedding_as_long_as_the_code(tmp_path):
+    """Round 29's conditional snapshots have no ``class_dim`` in their header: their embedding has the code's
+    length, whatever the option's default is now."""
+    model = ModelConfig(z_dim=16, num_classes=3)
+    model.g.channels, model.g.class_dim = 8, 0
+    torch.manual_seed(0)
+    generator = build_generator(model, 32, 1).eval()
+    header = {**_header_of(generator), "generator": {**_header_of(generator)["generator"], "num_classes": 3}}
+    del header["generator"]["g"]["class_dim"]
+    tensors = {k: v.contiguous() for k, v in generator.state_dict().items()}
+    loaded = load_generator(_write_v2(tmp_path / "old.safetensors", tensors, header))
+    assert loaded.class_dim == 16 and loaded.num_classes == 3
+    z = latents_for_seeds(range(4), 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(z), generator(z))
+
+
 def test_bad_files_are_one_sentence(tmp_path):
     generator = _generator()
     tensors = {k: v.contiguous() for k, v in generator.state_dict().items()}
