@@ -9,7 +9,9 @@ unless the disk damaged it later; :func:`verify_checkpoint` reads every file of 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -115,6 +117,22 @@ def verify_checkpoint(checkpoint: Path, num_processes: int, lookahead: bool = Fa
     return None
 
 
+# torch.save's C++ writer reports a failed write as a RuntimeError without the errno ("basic_ios::clear: iostream
+# error", "unexpected pos ..."); with less than this much room left on the file system, the cause was a full disk
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def _full_disk(error: RuntimeError, where: Path) -> OSError | None:
+    """The disk-full error behind ``error`` from writing under ``where``, or None if the disk has room."""
+    try:
+        stats = os.statvfs(where)
+    except OSError:
+        return None
+    if stats.f_bavail * stats.f_frsize >= NEARLY_FULL_BYTES:
+        return None
+    return OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({str(error).splitlines()[0]})", str(where))
+
+
 def save_checkpoint(
     accelerator: Accelerator,
     run_dir: Path,
@@ -144,6 +162,12 @@ def save_checkpoint(
             (tmp / "progress.json").write_text(json.dumps(asdict(progress), indent=1), encoding="utf-8")
     except (OSError, SafetensorError):  # a full disk, say: the unfinished folder goes, the finished ones stay
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except RuntimeError as error:  # torch.save's writer failing, with the errno lost
+        full = _full_disk(error, folder)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full is not None:
+            raise full from error
         raise
     if accelerator.is_main_process:
         keep_previous(final)  # the same image count saved again (resumed from an older checkpoint)
