@@ -67,11 +67,12 @@ class GeneratorConfig:
             appended to the latent code (the embedding is normalised to it). The first layer's weights can align
             with the embedding, which then adds about ``class_norm`` times their norm to each output, while the
             random code adds a projection of about their norm: at 1 the two weigh alike. Measured: at the code's
-            own norm (sqrt(z_dim)) the class outweighed the code and G drew about one image per class
-            (docs/RESULTS.md, round 29).
+            own norm (sqrt(z_dim)) the class outweighed the code and G drew about one image per class; 0.5 (the
+            default) and 0.25 scored best (docs/RESULTS.md, rounds 29 and 30).
         class_dim: the length of that embedding; 0 (the default) gives it the code's length, ``model.z_dim``,
-            which doubles the first layer's input. Ten classes need no more than ten dimensions to be told apart,
-            and a shorter embedding makes the first layer (the generator's largest) cheaper.
+            which doubles the first layer's input. A shorter one makes that layer (the generator's largest)
+            smaller, but measured, the step costs about the same (1.02x against 1.04x the unconditional one's
+            at 16 and 128) and three seeds at 16 scored worse and spread wider (docs/RESULTS.md, round 30).
     """
 
     kind: Kind = "scs"
@@ -86,7 +87,7 @@ class GeneratorConfig:
     gain_lr_mul: float = 50.0
     extra_layers_at: list[int] = field(default_factory=list)
     skip: bool = False
-    class_norm: float = 1.0
+    class_norm: float = 0.5
     class_dim: int = 0
 
 
@@ -165,7 +166,7 @@ class ModelConfig:
     """
 
     z_dim: int = 128
-    num_classes: int | Literal["auto"] = 0
+    num_classes: int | Literal["auto"] = "auto"
     g: GeneratorConfig = field(default_factory=GeneratorConfig)
     d: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
 
@@ -470,9 +471,16 @@ def init_dcgan_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def _classes(model: ModelConfig) -> int:
+    # auto is conditional on labels; built without a dataset there are none (the trainer resolves it first)
+    return 0 if model.num_classes == "auto" else model.num_classes
+
+
 def build_generator(model: ModelConfig, resolution: int, channels: int) -> Generator:
-    """The generator ``model`` describes, for images of ``resolution`` and ``channels``."""
-    g = Generator(model.g, model.z_dim, resolution, channels, model.num_classes)
+    """The generator ``model`` describes, for images of ``resolution`` and ``channels``. ``model.num_classes``
+    ``auto`` builds an unconditional one: without a dataset there are no labels (the trainer resolves ``auto``
+    against its training set before building)."""
+    g = Generator(model.g, model.z_dim, resolution, channels, _classes(model))
     if model.g.kind == "conv":
         init_dcgan_weights(g)
     return g
@@ -480,7 +488,7 @@ def build_generator(model: ModelConfig, resolution: int, channels: int) -> Gener
 
 def build_discriminator(model: ModelConfig, resolution: int, channels: int) -> Discriminator:
     """The discriminator ``model`` describes."""
-    d = Discriminator(model.d, resolution, channels, model.num_classes)
+    d = Discriminator(model.d, resolution, channels, _classes(model))
     if model.d.kind == "conv":
         init_dcgan_weights(d)
     return d

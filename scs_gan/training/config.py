@@ -259,6 +259,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 ADDED_LATER: dict[str, Any] = {
     "train.lr_rampdown": 0.0,  # constant rates before the ramp-down existed
     "train.share_fakes": False,  # two G forwards per step before the option existed
+    "model.num_classes": 0,  # unconditional before conditional GANs existed
 }
 
 

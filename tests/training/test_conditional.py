@@ -107,13 +107,13 @@ def test_both_networks_depend_on_the_class(kind):
     assert images.shape == (6, 1, 32, 32)
     assert not torch.allclose(g(with_class(z, 3, g.class_cdf)), g(with_class(z, 7, g.class_cdf)))
     assert torch.equal(g.classes(z), classes_of(z, g.class_cdf))
-    # the first layer sees the code and the class's embedding at model.g.class_norm (1 by default)
+    # the first layer sees the code and the class's embedding at model.g.class_norm (0.5 by default)
     inputs = []
     hook = g.net[0].register_forward_pre_hook(lambda _, args: inputs.append(args[0]))
     g(z)
     hook.remove()
     assert torch.equal(inputs[0][:, :16].flatten(1), z)
-    torch.testing.assert_close(inputs[0][:, 16:].flatten(1).norm(dim=1), torch.ones(6))
+    torch.testing.assert_close(inputs[0][:, 16:].flatten(1).norm(dim=1), torch.full((6,), 0.5))
     logits = d.net(images).view(6, 11)  # one shared output, then one per class
     classes = torch.tensor([0, 1, 2, 7, 8, 9])
     torch.testing.assert_close(d(images, classes), logits[:, 0] + logits[torch.arange(6), 1 + classes])
