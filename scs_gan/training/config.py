@@ -304,6 +304,11 @@ RESUMABLE_TRAIN_KEYS = frozenset(
 )
 
 
+# Options whose ``auto`` a run resolves at its start from what cannot change on resume (the data): a resumed
+# run given ``auto`` keeps the value it resolved to (its config.yaml records the number)
+RESOLVED_AT_START = frozenset({"model.num_classes"})
+
+
 def merge_for_resume(saved: RunConfig, given: RunConfig, keys: Iterable[str] | None = None) -> RunConfig:
     """The configuration of a resumed run: the saved one, with the user's options where they may change.
 
@@ -319,7 +324,7 @@ def merge_for_resume(saved: RunConfig, given: RunConfig, keys: Iterable[str] | N
     for key in sorted(set(keys)):
         prefixed = [k for k in given_flat if k == key or k.startswith(f"{key}.")]  # a whole section may be given
         for full in prefixed:
-            if given_flat[full] == saved_flat[full]:
+            if given_flat[full] == saved_flat[full] or (full in RESOLVED_AT_START and given_flat[full] == "auto"):
                 continue
             section, _, name = full.partition(".")
             if section != "metrics" and not (section == "train" and name in RESUMABLE_TRAIN_KEYS):

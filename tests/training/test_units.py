@@ -505,6 +505,17 @@ def test_resume_honours_an_option_equal_to_its_default():
     assert merge_for_resume(saved_lr, RunConfig(), set()).train.g_lr == 0.0003
 
 
+def test_resume_with_the_default_config_keeps_the_classes_auto_resolved_to():
+    """A run saved with ``model.num_classes`` resolved from ``auto`` to 10 resumes with configs/default.yaml
+    (which says ``auto``) or from Python with no keys named; a number other than the saved one is refused."""
+    saved = load_config(None, ["model.num_classes=10"])
+    default = CONFIGS / "default.yaml"
+    assert merge_for_resume(saved, load_config(default), given_keys(default, [])).model.num_classes == 10
+    assert merge_for_resume(saved, RunConfig(), None).model.num_classes == 10
+    with pytest.raises(UserError, match=r"model\.num_classes cannot change when resuming \(the run used 10"):
+        merge_for_resume(saved, load_config(None, ["model.num_classes=0"]), {"model.num_classes"})
+
+
 def test_given_keys_come_from_the_file_and_the_overrides(tmp_path):
     (tmp_path / "c.yaml").write_text("train: {kimg: 3, batch: 32}\nmodel: {g: {channels: 8}}\n")
     keys = given_keys(tmp_path / "c.yaml", ["train.seed=4", "metrics.names=[]"])
