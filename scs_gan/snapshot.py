@@ -266,9 +266,7 @@ def _check_tensors(snapshot: Snapshot) -> None:
     """Compare the tensors with the network the spec describes, without allocating that network."""
     where = f"snapshot {snapshot.source!r}"
     try:
-        with torch.device("meta"):
-            spec = snapshot.spec
-            expected = Generator(spec.g, spec.z_dim, spec.resolution, spec.channels, spec.num_classes)
+        expected = snapshot.spec.build("meta")
     except (ValueError, RuntimeError, OverflowError) as error:
         raise UserError(f"{where} describes a generator this scs_gan cannot build ({error})") from None
     size = sum(math.prod(t.shape) for t in expected.state_dict().values())
