@@ -260,6 +260,7 @@ ADDED_LATER: dict[str, Any] = {
     "train.lr_rampdown": 0.0,  # constant rates before the ramp-down existed
     "train.share_fakes": False,  # two G forwards per step before the option existed
     "model.num_classes": 0,  # unconditional before conditional GANs existed
+    "model.g.class_mod": False,  # the class only in the code before per-layer class modulation existed
 }
 
 

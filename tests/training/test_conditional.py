@@ -123,18 +123,60 @@ def test_both_networks_depend_on_the_class(kind):
     assert unconditional.classes(z) is None and not hasattr(unconditional, "class_cdf")
 
 
-@pytest.mark.parametrize("class_dim", [0, 3])
-def test_a_conditional_snapshot_reloads_with_its_class_frequencies(tmp_path, class_dim):
+@pytest.mark.parametrize("kind,skip", [("scs", False), ("scs", True), ("conv", False)])
+def test_class_modulation_starts_as_the_identity_and_steers_only_its_class(kind, skip):
+    """``model.g.class_mod`` adds a per-class gain and bias to every hidden layer before its activation: new, it
+    changes nothing; trained, a class's entries change that class's images and no other's."""
+    model = small_model(10, kind)
+    model.g.skip = skip
+    torch.manual_seed(0)
+    plain = build_generator(model, 32, 1).eval()
+    model.g.class_mod = True
+    modulated = build_generator(model, 32, 1).eval()
+    missing = modulated.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == [f"class_mods.{i}.table.weight" for i in range(3)]  # one per hidden layer (4, 8, 16)
+    assert build_generator(small_model(0, kind), 32, 1).class_mods is None  # unconditional: nothing to steer
+    cdf = plain.class_cdf
+    z = torch.cat([with_class(torch.randn(4, 16), 3, cdf), with_class(torch.randn(4, 16), 7, cdf)])
+    with torch.no_grad():
+        assert torch.equal(modulated(z), plain(z))
+        before = modulated(z)
+        modulated.class_mods[1].table.weight[3].fill_(0.5)  # class 3's gain and bias at 8x8
+        after = modulated(z)
+    assert not torch.allclose(after[:4], before[:4]) and torch.equal(after[4:], before[4:])
+    # it acts on the layer's output before the activation: x * (1 + gain) + bias
+    outputs, inputs = [], []
+    layer = modulated.net[modulated._mod_at[1]]
+    activation = modulated.net[modulated._mod_at[1] + 1]
+    hooks = [
+        layer.register_forward_hook(lambda _, __, out: outputs.append(out)),
+        activation.register_forward_pre_hook(lambda _, args: inputs.append(args[0])),
+    ]
+    with torch.no_grad():
+        modulated(z)
+    for hook in hooks:
+        hook.remove()
+    torch.testing.assert_close(inputs[0][:4], outputs[0][:4] * 1.5 + 0.5)
+    torch.testing.assert_close(inputs[0][4:], outputs[0][4:])
+
+
+@pytest.mark.parametrize("class_dim,class_mod", [(0, False), (3, False), (0, True)])
+def test_a_conditional_snapshot_reloads_with_its_class_frequencies(tmp_path, class_dim, class_mod):
     torch.manual_seed(0)
     model = small_model(3)
-    model.g.class_dim = class_dim
+    model.g.class_dim, model.g.class_mod = class_dim, class_mod
     g = build_generator(model, 32, 1).eval()
     # the embedding has the code's length (16) unless model.g.class_dim shortens it
     assert g.embed.weight.shape == (3, class_dim or 16) and g.net[0].in_channels == 16 + (class_dim or 16)
     g.class_cdf.copy_(torch.tensor([0.2, 0.3, 1.0], dtype=torch.float64))
+    if class_mod:
+        with torch.no_grad():
+            for mod in g.class_mods:
+                mod.table.weight.normal_(0, 0.3)
     path = save_snapshot(g, tmp_path / "g.safetensors")
     loaded = load_generator(path)
     assert loaded.num_classes == 3 and loaded.class_dim == g.class_dim and torch.equal(loaded.class_cdf, g.class_cdf)
+    assert loaded.config.class_mod == class_mod
     z = latents_for_seeds(range(8), 16)
     with torch.no_grad():
         torch.testing.assert_close(loaded(z), g(z), rtol=0, atol=0)
