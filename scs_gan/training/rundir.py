@@ -33,7 +33,8 @@ RUN_PATTERN = re.compile(r"^(\d{5})-")
 
 
 def create_run_dir(root: str | Path, desc: str) -> Path:
-    """Create ``root/<next number>-<desc>``; never reuses a number, even if that directory was deleted later."""
+    """Create ``root/<next number>-<desc>``: one more than the largest number under ``root`` (a gap left by a
+    deleted run is not filled), safe against another process creating one at the same time."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     safe_desc = re.sub(r"[^A-Za-z0-9._-]+", "-", desc).strip("-") or "run"

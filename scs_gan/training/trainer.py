@@ -223,6 +223,18 @@ class Trainer:
         self.config, self.run_dir = config, Path(run_dir)
         self.lock = RunLock(self.run_dir) if self.main else None  # a second process on this run stops here
         self.log = RunLog(self.run_dir / "log.txt" if self.main else None, sys.stdout if self.main else None)
+        try:
+            self._setup(checkpoint)
+        except BaseException:
+            if checkpoint is None:
+                self._discard_unstarted_run()
+            raise
+
+    # ------------------------------------------------------------------------------------------- setup
+
+    def _setup(self, checkpoint: Path | None) -> None:
+        """Everything after the run directory: data, networks, optimisers, loader, metrics, the resumed state."""
+        config, acc = self.config, self.accelerator
         t = config.train
         self.batch_gpu, self.accum = self._batch_split()
         with acc.main_process_first():
@@ -280,7 +292,14 @@ class Trainer:
         self.stop = StopSignals()
         self.trackers = trackers.start(acc, config, self.run_dir, self.progress)
 
-    # ------------------------------------------------------------------------------------------- setup
+    def _discard_unstarted_run(self) -> None:
+        """Remove the new run directory of a run that failed before its first step (bad data, missing weights,
+        Ctrl-C): it holds nothing but an unfinished log, and would otherwise stay behind as a run that is not one."""
+        self.log.close()
+        if self.lock is not None:
+            self.lock.release()
+        if self.main:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _batch_split(self) -> tuple[int, int]:
         t, world = self.config.train, self.accelerator.num_processes

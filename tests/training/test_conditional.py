@@ -243,6 +243,7 @@ def test_classes_that_do_not_fit_the_data_are_one_sentence(tmp_path, overrides, 
 
     with pytest.raises(UserError, match=message):
         Trainer(load_config(CONFIGS / "smoke.yaml", [f"train.runs_dir={tmp_path}", *overrides]))
+    assert list(tmp_path.iterdir()) == []  # the failed start left no run directory
 
 
 def test_generate_draws_one_class_with_class_and_refuses_what_cannot_have_one(tmp_path, capsys):

@@ -399,6 +399,7 @@ CONFIG_ERRORS = [
     (("train.batch=10", "train.batch_gpu=4"), "must be a multiple of train.batch_gpu"),
     (("--config", "missing.yaml"), "config file 'missing.yaml' does not exist"),
     (("--resume", "latest"), "found no checkpoint"),
+    (("data.name=folder", "data.path=no/such/folder"), "data.path 'no/such/folder' does not exist"),
 ]
 
 
@@ -414,8 +415,10 @@ def test_a_config_error_is_one_sentence_from_the_command(tmp_path):
 @pytest.mark.parametrize("args,message", CONFIG_ERRORS)
 def test_config_errors_are_one_sentence(tmp_path, monkeypatch, capsys, args, message):
     """Every error through the command's entry point in this process (a process each would cost seconds of
-    imports; the one above checks the process itself)."""
+    imports; the one above checks the process itself). A run that fails before its first step leaves no run
+    directory behind (the batch split and the data fail after it was made)."""
     from scs_gan.cli import main
+    from scs_gan.training.rundir import find_run_dirs
 
     monkeypatch.setenv("SCS_GAN_CACHE", str(tmp_path / "cache"))
     code = main(["train", "--config", SMOKE, f"train.runs_dir={tmp_path / 'runs'}", *args])
@@ -423,6 +426,7 @@ def test_config_errors_are_one_sentence(tmp_path, monkeypatch, capsys, args, mes
     assert code == 2
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+    assert find_run_dirs(tmp_path / "runs") == []
 
 
 def test_dry_run_prints_the_resolved_config(tmp_path, monkeypatch, capsys):
