@@ -165,8 +165,9 @@ def _parse_spec(section: Any, where: str) -> GeneratorSpec:
     g_section = section.get("g")
     if isinstance(g_section, dict) and "class_dim" not in g_section:
         g_section = {**g_section, "class_dim": 0}  # absent before the option existed: the code's length
-    if isinstance(g_section, dict) and "class_mod" not in g_section:
-        g_section = {**g_section, "class_mod": False}  # absent before the option existed: off
+    for option in ("class_mod", "latent_mod"):
+        if isinstance(g_section, dict) and option not in g_section:
+            g_section = {**g_section, option: False}  # absent before the option existed: off
     try:
         g = from_dict(GeneratorConfig, g_section, "model.g")
         ModelConfig(g=g).validate()

@@ -123,10 +123,12 @@ def test_a_conditional_snapshot_from_before_class_dim_keeps_an_embedding_as_long
     torch.manual_seed(0)
     generator = build_generator(model, 32, 1).eval()
     header = {**_header_of(generator), "generator": {**_header_of(generator)["generator"], "num_classes": 3}}
-    del header["generator"]["g"]["class_dim"], header["generator"]["g"]["class_mod"]
+    for option in ("class_dim", "class_mod", "latent_mod"):
+        del header["generator"]["g"][option]
     tensors = {k: v.contiguous() for k, v in generator.state_dict().items()}
     loaded = load_generator(_write_v2(tmp_path / "old.safetensors", tensors, header))
-    assert loaded.class_dim == 16 and loaded.num_classes == 3 and not loaded.config.class_mod
+    assert loaded.class_dim == 16 and loaded.num_classes == 3
+    assert not loaded.config.class_mod and not loaded.config.latent_mod
     z = latents_for_seeds(range(4), 16)
     with torch.no_grad():
         assert torch.equal(loaded(z), generator(z))

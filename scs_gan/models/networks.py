@@ -70,9 +70,12 @@ class GeneratorConfig:
             own norm (sqrt(z_dim)) the class outweighed the code and G drew about one image per class; 0.5 (the
             default) and 0.25 scored best (docs/RESULTS.md, rounds 29 and 30).
         class_mod: in a class-conditional generator, also condition every hidden layer on the class: a learned
-            per-class, per-channel gain and bias (:class:`ClassModulation`, initialised to the identity) act on
+            per-class, per-channel gain and bias (:class:`Modulation`, initialised to the identity) act on
             each hidden layer's output before its activation, as class-conditional batch norm does in BigGAN's
             generator, without the normalisation. Off by default (the class then enters only through the code).
+        latent_mod: condition every hidden layer on the latent code in the same way: a gain and bias per channel,
+            a learned linear function of the code (initialised to zero), as BigGAN's generator feeds its code to
+            every conditional batch norm (its hierarchical latent); summed with ``class_mod``'s. Off by default.
         class_dim: the length of that embedding; 0 (the default) gives it the code's length, ``model.z_dim``,
             which doubles the first layer's input. A shorter one makes that layer (the generator's largest)
             smaller, but measured, the step costs about the same (1.02x against 1.04x the unconditional one's
@@ -94,6 +97,7 @@ class GeneratorConfig:
     class_norm: float = 0.5
     class_dim: int = 0
     class_mod: bool = False
+    latent_mod: bool = False
 
 
 @dataclass
@@ -261,21 +265,37 @@ class Shortcut(nn.Module):
         return (self.block(x) + self.shortcut(nn.functional.avg_pool2d(x, 2))) * (0.5**0.5)
 
 
-class ClassModulation(nn.Module):
-    """``x * (1 + gain[y]) + bias[y]`` per channel, with a learned gain and bias for each class ``y``.
+class Modulation(nn.Module):
+    """``x * (1 + gain) + bias`` per channel, the gain and bias learned functions of each image's class and code.
 
-    Both start at zero, so a new layer is the identity. Applied to a hidden layer's output before its
-    activation, it lets the class steer every resolution of the generator, not only the latent code.
+    With ``num_classes`` > 0, a table holds a gain and bias per class (``model.g.class_mod``); with ``z_dim`` > 0,
+    a linear map of the latent code gives another (``model.g.latent_mod``, BigGAN's hierarchical latent); both
+    are summed. Everything starts at zero, so a new layer is the identity. Applied to a hidden layer's output
+    before its activation, it lets the class and the code steer every resolution of the generator, not only
+    its first layer.
     """
 
-    def __init__(self, num_classes: int, channels: int) -> None:
+    def __init__(self, channels: int, num_classes: int = 0, z_dim: int = 0) -> None:
         super().__init__()
         self.channels = channels
-        self.table = nn.Embedding(num_classes, 2 * channels)
-        nn.init.zeros_(self.table.weight)
+        self.table: nn.Embedding | None = None
+        self.latent: nn.Linear | None = None
+        if num_classes:
+            self.table = nn.Embedding(num_classes, 2 * channels)
+            nn.init.zeros_(self.table.weight)
+        if z_dim:
+            self.latent = nn.Linear(z_dim, 2 * channels, bias=False)
+            nn.init.zeros_(self.latent.weight)
 
-    def forward(self, x: Tensor, classes: Tensor) -> Tensor:
-        gain, bias = self.table(classes).to(x.dtype).view(x.shape[0], 2 * self.channels, 1, 1).chunk(2, dim=1)
+    def forward(self, x: Tensor, classes: Tensor | None, z: Tensor) -> Tensor:
+        terms = []
+        if self.table is not None:
+            assert classes is not None
+            terms.append(self.table(classes))
+        if self.latent is not None:
+            terms.append(self.latent(z.to(self.latent.weight.dtype)))
+        both = terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        gain, bias = both.to(x.dtype).view(x.shape[0], 2 * self.channels, 1, 1).chunk(2, dim=1)
         return torch.addcmul(x + bias, x, gain)
 
 
@@ -353,9 +373,10 @@ class Generator(nn.Module):
                 layers.append(self._layer(in_ch, out_ch, s, p, bias=False, kernel=k))
                 if kind == "conv":
                     layers.append(nn.BatchNorm2d(out_ch))
-                if num_classes and config.class_mod:
+                if (num_classes and config.class_mod) or config.latent_mod:
                     self._mod_at.append(len(layers) - 1)
-                    mods.append(ClassModulation(num_classes, out_ch))
+                    table = num_classes if config.class_mod else 0
+                    mods.append(Modulation(out_ch, table, z_dim if config.latent_mod else 0))
                 act = _activation(activation)
                 if act is not None:
                     layers.append(act)
@@ -366,7 +387,7 @@ class Generator(nn.Module):
             layers.append(Gain(config.out_gain, config.gain_lr_mul))
         layers.append(nn.Tanh())
         self.net = nn.Sequential(*layers)
-        self.class_mods: nn.ModuleList | None = nn.ModuleList(mods) if mods else None
+        self.mods: nn.ModuleList | None = nn.ModuleList(mods) if mods else None
         self.to_image: nn.ModuleList | None = None  # skip: a 1x1 layer from each hidden resolution to an image
         if config.skip:
             self.to_image = nn.ModuleList(
@@ -405,17 +426,16 @@ class Generator(nn.Module):
             label = nn.functional.normalize(self.embed(classes), dim=1) * self.config.class_norm
             label = label.to(x.dtype)
             x = torch.cat([x, label.view(z.shape[0], self.class_dim, 1, 1)], dim=1)
-        if self.to_image is None and self.class_mods is None:
+        if self.to_image is None and self.mods is None:
             return self.net(x)
-        mods = {} if self.class_mods is None else dict(zip(self._mod_at, self.class_mods, strict=True))
+        mods = {} if self.mods is None else dict(zip(self._mod_at, self.mods, strict=True))
         image: Tensor | None = None
         to_image = {} if self.to_image is None else dict(zip(self._taps, self.to_image, strict=True))
         last = self._taps[-1] + 1  # the k4 s2 layer to the image
         for i, layer in enumerate(self.net[:last]):
             x = layer(x)
             if i in mods:
-                assert classes is not None
-                x = mods[i](x, classes)
+                x = mods[i](x, classes, z)
             if i in to_image:
                 image = self._add_image(image, to_image[i](x))
         if self.to_image is None:

@@ -261,6 +261,7 @@ ADDED_LATER: dict[str, Any] = {
     "train.share_fakes": False,  # two G forwards per step before the option existed
     "model.num_classes": 0,  # unconditional before conditional GANs existed
     "model.g.class_mod": False,  # the class only in the code before per-layer class modulation existed
+    "model.g.latent_mod": False,  # the code only in the first layer before per-layer latent modulation existed
 }
 
 

@@ -134,14 +134,14 @@ def test_class_modulation_starts_as_the_identity_and_steers_only_its_class(kind,
     model.g.class_mod = True
     modulated = build_generator(model, 32, 1).eval()
     missing = modulated.load_state_dict(plain.state_dict(), strict=False).missing_keys
-    assert missing == [f"class_mods.{i}.table.weight" for i in range(3)]  # one per hidden layer (4, 8, 16)
-    assert build_generator(small_model(0, kind), 32, 1).class_mods is None  # unconditional: nothing to steer
+    assert missing == [f"mods.{i}.table.weight" for i in range(3)]  # one per hidden layer (4, 8, 16)
+    assert build_generator(small_model(0, kind), 32, 1).mods is None  # unconditional: nothing to steer
     cdf = plain.class_cdf
     z = torch.cat([with_class(torch.randn(4, 16), 3, cdf), with_class(torch.randn(4, 16), 7, cdf)])
     with torch.no_grad():
         assert torch.equal(modulated(z), plain(z))
         before = modulated(z)
-        modulated.class_mods[1].table.weight[3].fill_(0.5)  # class 3's gain and bias at 8x8
+        modulated.mods[1].table.weight[3].fill_(0.5)  # class 3's gain and bias at 8x8
         after = modulated(z)
     assert not torch.allclose(after[:4], before[:4]) and torch.equal(after[4:], before[4:])
     # it acts on the layer's output before the activation: x * (1 + gain) + bias
@@ -160,6 +160,41 @@ def test_class_modulation_starts_as_the_identity_and_steers_only_its_class(kind,
     torch.testing.assert_close(inputs[0][4:], outputs[0][4:])
 
 
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_latent_modulation_starts_as_the_identity_and_steers_each_image_by_its_code(num_classes):
+    """``model.g.latent_mod`` adds a gain and bias linear in the code to every hidden layer (conditional or not):
+    new, it changes nothing; trained, it acts on each layer's output before the activation as
+    ``x * (1 + gain) + bias`` with ``(gain, bias) = W z``, summed with the class's table under ``class_mod``."""
+    model = small_model(num_classes)
+    torch.manual_seed(0)
+    plain = build_generator(model, 32, 1).eval()
+    model.g.latent_mod = True
+    modulated = build_generator(model, 32, 1).eval()
+    missing = modulated.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == [f"mods.{i}.latent.weight" for i in range(3)]
+    z = torch.randn(6, 16)
+    with torch.no_grad():
+        assert torch.equal(modulated(z), plain(z))
+        weight = modulated.mods[2].latent.weight  # (2 x 4 channels at 16x16, z_dim)
+        weight.normal_(0, 0.1)
+    outputs, inputs = [], []
+    at = modulated._mod_at[2]
+    hooks = [
+        modulated.net[at].register_forward_hook(lambda _, __, out: outputs.append(out)),
+        modulated.net[at + 1].register_forward_pre_hook(lambda _, args: inputs.append(args[0])),
+    ]
+    with torch.no_grad():
+        modulated(z)
+    for hook in hooks:
+        hook.remove()
+    gain, bias = (z @ weight.T).chunk(2, dim=1)
+    torch.testing.assert_close(inputs[0], outputs[0] * (1 + gain[:, :, None, None]) + bias[:, :, None, None])
+    if num_classes:  # with class_mod too, the class's gain and bias are added to the code's
+        model.g.class_mod = True
+        both = build_generator(model, 32, 1).eval()
+        assert [m.table is not None and m.latent is not None for m in both.mods] == [True] * 3
+
+
 @pytest.mark.parametrize("class_dim,class_mod", [(0, False), (3, False), (0, True)])
 def test_a_conditional_snapshot_reloads_with_its_class_frequencies(tmp_path, class_dim, class_mod):
     torch.manual_seed(0)
@@ -171,7 +206,7 @@ def test_a_conditional_snapshot_reloads_with_its_class_frequencies(tmp_path, cla
     g.class_cdf.copy_(torch.tensor([0.2, 0.3, 1.0], dtype=torch.float64))
     if class_mod:
         with torch.no_grad():
-            for mod in g.class_mods:
+            for mod in g.mods:
                 mod.table.weight.normal_(0, 0.3)
     path = save_snapshot(g, tmp_path / "g.safetensors")
     loaded = load_generator(path)
