@@ -68,7 +68,8 @@ class GeneratorConfig:
             with the embedding, which then adds about ``class_norm`` times their norm to each output, while the
             random code adds a projection of about their norm: at 1 the two weigh alike. Measured: at the code's
             own norm (sqrt(z_dim)) the class outweighed the code and G drew about one image per class; 0.5 (the
-            default) and 0.25 scored best (docs/RESULTS.md, rounds 29 and 30).
+            default) and 0.25 scored best (docs/RESULTS.md, rounds 29 and 30). 0 appends no embedding: the class
+            then reaches G only through ``class_mod`` (which it requires), as in BigGAN's class-conditional batch norm.
         class_mod: in a class-conditional generator, also condition every hidden layer on the class: a learned
             per-class, per-channel gain and bias (:class:`Modulation`, initialised to the identity) act on
             each hidden layer's output before its activation, as class-conditional batch norm does in BigGAN's
@@ -154,8 +155,13 @@ def _validate_layers(c: GeneratorConfig | DiscriminatorConfig, section: str) -> 
             raise UserError(f"{section}.q_init must be positive")
         if not c.gain_lr_mul > 0:
             raise UserError(f"{section}.gain_lr_mul must be positive")
-    if isinstance(c, GeneratorConfig) and not c.class_norm > 0:
-        raise UserError(f"{section}.class_norm must be positive, got {c.class_norm}")
+    if isinstance(c, GeneratorConfig) and not c.class_norm >= 0:
+        raise UserError(f"{section}.class_norm must be positive, or 0 with class_mod on, got {c.class_norm}")
+    if isinstance(c, GeneratorConfig) and c.class_norm == 0 and not c.class_mod:
+        raise UserError(
+            f"{section}.class_norm=0 leaves the class out of the code; it needs {section}.class_mod=true to "
+            "reach the generator some other way"
+        )
     if isinstance(c, GeneratorConfig) and c.class_dim < 0:
         raise UserError(f"{section}.class_dim must be 0 (the latent code's length) or positive, got {c.class_dim}")
     if isinstance(c, GeneratorConfig) and len(set(c.extra_layers_at)) != len(c.extra_layers_at):
@@ -345,10 +351,11 @@ class Generator(nn.Module):
         self.config, self.z_dim, self.resolution, self.img_channels = config, z_dim, resolution, channels
         self.num_classes = num_classes
         self.embed: nn.Embedding | None = None
-        self.class_dim = (config.class_dim or z_dim) if num_classes else 0
-        if num_classes:
+        self.class_dim = (config.class_dim or z_dim) if num_classes and config.class_norm > 0 else 0
+        if self.class_dim:
             self.embed = nn.Embedding(num_classes, self.class_dim)
             nn.init.normal_(self.embed.weight)
+        if num_classes:
             self.register_buffer("class_cdf", torch.arange(1, num_classes + 1, dtype=torch.float64) / num_classes)
         levels = _levels(resolution)
         kind = config.kind
@@ -416,13 +423,13 @@ class Generator(nn.Module):
 
     def classes(self, z: Tensor) -> Tensor | None:
         """The class each latent code of ``z`` asks for (int64 ``(N,)``), or None if G is unconditional."""
-        return None if self.embed is None else classes_of(z, self.class_cdf)
+        return classes_of(z, self.class_cdf) if self.num_classes else None
 
     def forward(self, z: Tensor) -> Tensor:
         x = z.view(z.shape[0], self.z_dim, 1, 1)
-        classes: Tensor | None = None
+        classes = self.classes(z)
         if self.embed is not None:
-            classes = classes_of(z, self.class_cdf)
+            assert classes is not None
             label = nn.functional.normalize(self.embed(classes), dim=1) * self.config.class_norm
             label = label.to(x.dtype)
             x = torch.cat([x, label.view(z.shape[0], self.class_dim, 1, 1)], dim=1)

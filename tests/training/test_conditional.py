@@ -160,6 +160,25 @@ def test_class_modulation_starts_as_the_identity_and_steers_only_its_class(kind,
     torch.testing.assert_close(inputs[0][4:], outputs[0][4:])
 
 
+@pytest.mark.parametrize("kind", ["scs", "conv"])
+def test_class_norm_0_leaves_the_code_alone_and_conditions_through_the_modulation_only(kind):
+    """With ``class_norm=0`` (and ``class_mod``) no embedding is appended: the first layer sees the code alone,
+    and the class still changes the images, through the per-layer gain and bias (BigGAN's conditional batch
+    norm, for the DCGAN)."""
+    model = small_model(10, kind)
+    model.g.class_norm, model.g.class_mod = 0.0, True
+    model.validate()
+    torch.manual_seed(0)
+    g = build_generator(model, 32, 1).eval()
+    assert g.embed is None and g.class_dim == 0 and g.net[0].in_channels == 16
+    with torch.no_grad():
+        for mod in g.mods:
+            mod.table.weight.normal_(0, 0.3)
+        z = torch.randn(4, 16)
+        assert not torch.allclose(g(with_class(z, 3, g.class_cdf)), g(with_class(z, 7, g.class_cdf)))
+    assert torch.equal(g.classes(z), classes_of(z, g.class_cdf))
+
+
 @pytest.mark.parametrize("num_classes", [0, 10])
 def test_latent_modulation_starts_as_the_identity_and_steers_each_image_by_its_code(num_classes):
     """``model.g.latent_mod`` adds a gain and bias linear in the code to every hidden layer (conditional or not):
@@ -269,7 +288,8 @@ def test_auto_classes_follow_the_data_and_the_run_records_the_count(tmp_path, da
         (["model.num_classes=7"], "dataset mnist5k has 10 classes; set model.num_classes=10"),
         (["model.num_classes=10", "data.name=synthetic"], "dataset synthetic has no class labels"),
         (["model.num_classes=-1"], "model.num_classes must be 0"),
-        (["model.num_classes=10", "model.g.class_norm=0"], "model.g.class_norm must be positive"),
+        (["model.num_classes=10", "model.g.class_norm=-1"], "model.g.class_norm must be positive"),
+        (["model.num_classes=10", "model.g.class_norm=0"], "class_norm=0 leaves the class out of the code"),
         (["model.num_classes=10", "model.g.class_dim=-2"], "model.g.class_dim must be 0"),
     ],
 )
