@@ -1,5 +1,5 @@
 """GAN losses on discriminator logits: non-saturating logistic (default), hinge and the relativistic pairing
-loss (RpGAN); the lazy R1 penalty and the LeCam regulariser."""
+loss (RpGAN); the lazy R1 penalty, the LeCam regulariser and the mode-seeking term."""
 
 from __future__ import annotations
 
@@ -80,3 +80,14 @@ def lecam_penalty(real_logits: Tensor, fake_logits: Tensor, real_anchor: float, 
     average, which bounds how far D's outputs on the two can move apart."""
     real_term = F.relu(real_logits.float() - fake_anchor).square().mean()
     return real_term + F.relu(real_anchor - fake_logits.float()).square().mean()
+
+
+def mode_seeking_penalty(fakes: Tensor, z: Tensor, eps: float = 1e-5) -> Tensor:
+    """MSGAN's mode-seeking term (Mao et al. 2019) for G's loss: ``1 / (eps + r)``, with ``r`` the ratio of the
+    mean absolute difference between the fakes of consecutive pairs (images 0 and 1, 2 and 3, ...) to that
+    between their codes. Minimising it pushes G to map different codes to different images, which counters
+    a conditional generator's tendency to ignore its code within a class."""
+    images = fakes.float().flatten(1)
+    codes = z.float().flatten(1)
+    ratio = (images[0::2] - images[1::2]).abs().mean() / (codes[0::2] - codes[1::2]).abs().mean()
+    return 1.0 / (ratio + eps)

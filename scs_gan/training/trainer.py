@@ -53,7 +53,7 @@ from .checkpoint import (
 )
 from .config import RunConfig, changed_options, load_run_config, merge_for_resume
 from .ema import ema_beta, update_ema
-from .losses import d_loss, g_loss, lecam_penalty, r1_loss
+from .losses import d_loss, g_loss, lecam_penalty, mode_seeking_penalty, r1_loss
 from .rundir import RunLock, RunLog, append_jsonl, create_run_dir, keep_previous, truncate_jsonl
 from .signals import StopSignals
 from .stats import layer_stats, peak_memory_mb
@@ -309,6 +309,8 @@ class Trainer:
                 f"train.batch ({t.batch}) must be a multiple of train.batch_gpu ({batch_gpu}) times the number of "
                 f"processes ({world})"
             )
+        if t.mode_seeking > 0 and batch_gpu % 2:
+            raise UserError(f"train.mode_seeking pairs the fakes of each micro-batch; {batch_gpu} images are not pairs")
         return batch_gpu, t.batch // (batch_gpu * world)
 
     def _make_evaluator(self) -> Evaluator | None:
@@ -370,6 +372,8 @@ class Trainer:
     def _z(self) -> tuple[Tensor, Tensor | None]:
         """Random latents for one micro-batch, with the classes they ask for (None if unconditional)."""
         z = torch.randn(self.batch_gpu, self.config.model.z_dim, device=self.accelerator.device)
+        if self.config.train.mode_seeking > 0:  # pairs of codes that ask for the same class (the first coordinate)
+            z[1::2, 0] = z[0::2, 0]
         return z, self.classes_of(z)
 
     def _augment(self, images: Tensor) -> Tensor:
@@ -501,6 +505,8 @@ class Trainer:
                         z, classes = self._z()
                         fake = generate(z)
                     loss = loss_of(self._augment(fake), classes, real_logits[i] if real_logits else None, keep)
+                    if self.config.train.mode_seeking > 0:
+                        loss = loss + self.config.train.mode_seeking * mode_seeking_penalty(fake, z)
                     acc.backward(loss / self.accum)
                     losses.append(loss.detach())
         finally:

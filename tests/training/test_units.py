@@ -31,7 +31,7 @@ from scs_gan.models import (
 from scs_gan.training.checkpoint import resolve_resume, verify_checkpoint
 from scs_gan.training.config import RunConfig, given_keys, load_config, merge_for_resume
 from scs_gan.training.ema import ema_beta, update_ema
-from scs_gan.training.losses import d_loss, g_loss, lecam_penalty, r1_loss, r1_penalty
+from scs_gan.training.losses import d_loss, g_loss, lecam_penalty, mode_seeking_penalty, r1_loss, r1_penalty
 from scs_gan.training.rundir import create_run_dir, keep_previous
 from scs_gan.training.trainer import apply_step, lr_factor, param_groups, set_learning_rates
 
@@ -245,6 +245,64 @@ def test_lecam_averages_start_at_the_first_step_and_follow_the_mean_logits(tmp_p
     finally:
         monkeypatch.undo()
         trainer.close()
+
+
+def test_mode_seeking_is_the_inverse_image_to_code_distance_ratio_of_consecutive_pairs():
+    fakes = torch.tensor([[0.0, 0.0], [1.0, 3.0], [2.0, 2.0], [2.0, 2.0]], requires_grad=True)
+    z = torch.tensor([[0.0], [2.0], [1.0], [2.0]])
+    # image distances |(-1, -3)| = 2 and 0 (mean over pairs and pixels: 1), code distances 2 and 1 (mean 1.5)
+    penalty = mode_seeking_penalty(fakes, z, eps=0.0)
+    torch.testing.assert_close(penalty, torch.tensor(1.5))
+    penalty.backward()
+    assert fakes.grad[0].sum() > 0 > fakes.grad[1].sum()  # the first pair is pushed apart
+
+
+def test_mode_seeking_pairs_each_class_and_adds_its_term_to_g_only(tmp_path, monkeypatch):
+    """With ``train.mode_seeking`` the fakes come in pairs of codes of one class, and the G step's loss gains
+    the weighted term on the fakes it generated; odd micro-batches and shared fakes are refused."""
+    import scs_gan.training.trainer as trainer_module
+    from scs_gan.training import Trainer
+
+    config = load_config(
+        CONFIGS / "smoke.yaml",
+        [f"train.runs_dir={tmp_path}", "train.batch=8", "train.mode_seeking=0.5", "metrics.names=[]"],
+    )
+    trainer = Trainer(config)
+    trainer.log.stream = None
+    calls = []
+    penalty = trainer_module.mode_seeking_penalty
+
+    def recording(fakes, z):
+        value = penalty(fakes, z)
+        calls.append((fakes.detach().clone(), z.clone(), value.detach()))
+        return value
+
+    monkeypatch.setattr(trainer_module, "mode_seeking_penalty", recording)
+    g_losses = []
+    g_loss_of = trainer._g_loss
+
+    def recording_g_loss(*args):
+        g_losses.append(g_loss_of(*args).detach())
+        return g_losses[-1]
+
+    monkeypatch.setattr(trainer, "_g_loss", recording_g_loss)
+    try:
+        z, classes = trainer._z()
+        assert trainer.conditional and torch.equal(classes[0::2], classes[1::2])
+        assert not torch.equal(z[0::2, 1:], z[1::2, 1:])
+        losses, _ = trainer.step()
+        assert len(calls) == len(g_losses) == trainer.accum == 1  # once per G micro-batch, never in the D step
+        fakes, codes, value = calls[0]
+        assert torch.equal(codes[0::2, 0], codes[1::2, 0]) and fakes.shape[0] == 8
+        assert losses["loss_G"] == pytest.approx(float(g_losses[0] + 0.5 * value), rel=1e-5)
+    finally:
+        monkeypatch.undo()
+        trainer.close()
+    with pytest.raises(UserError, match="share_fakes"):
+        load_config(None, ["train.mode_seeking=1", "train.share_fakes=true"]).validate()
+    odd = load_config(CONFIGS / "smoke.yaml", [f"train.runs_dir={tmp_path}", "train.batch=7", "train.mode_seeking=1"])
+    with pytest.raises(UserError, match="7 images are not pairs"):
+        Trainer(odd)
 
 
 def test_topk_keeps_the_decayed_fraction_of_each_micro_batch(tmp_path):
