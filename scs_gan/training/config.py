@@ -63,8 +63,7 @@ class TrainConfig:
         mode_seeking: the weight of MSGAN's mode-seeking term in G's loss (0 = off; Mao et al. 2019 use 1): the
             fakes come in pairs of codes that ask for the same class, and G's loss gains ``mode_seeking / (1e-5 +
             mean|G(z_a) - G(z_b)| / mean|z_a - z_b|)`` (:func:`scs_gan.training.losses.mode_seeking_penalty`),
-            which rewards different images for different codes. It needs an even micro-batch and cannot be
-            combined with ``share_fakes``.
+            which rewards different images for different codes. It needs an even micro-batch.
         lookahead_k, lookahead_alpha: Lookahead-minmax (0: off): after every ``lookahead_k`` steps the weights of
             G and D become slow + alpha (fast - slow), where slow are their weights after the previous such step
             (kept in the checkpoints); it did not help the default run (docs/RESULTS.md, round 27).
@@ -200,11 +199,8 @@ class RunConfig:
             raise UserError(
                 f"train.lecam must be >= 0 and train.lecam_decay in [0, 1), got {t.lecam} and {t.lecam_decay}"
             )
-        if t.mode_seeking < 0 or (t.mode_seeking > 0 and t.share_fakes):
-            raise UserError(
-                f"train.mode_seeking must be >= 0 (0: off) and cannot be combined with train.share_fakes, got "
-                f"{t.mode_seeking}"
-            )
+        if t.mode_seeking < 0:
+            raise UserError(f"train.mode_seeking must be >= 0 (0: off), got {t.mode_seeking}")
         if len(set(t.augment)) != len(t.augment):
             raise UserError(f"train.augment names a policy twice: {t.augment}")
         if not 0 <= t.augment_p <= 1 or (t.ada_target is not None and not -1 <= t.ada_target <= 1):

@@ -280,8 +280,8 @@ class Trainer:
         )
         self.progress = Progress()
         self.compiled: CompiledSteps | None = None  # built on first use when train.compile is on
-        self._fakes: list[tuple[Tensor, Tensor | None]] = []  # with train.share_fakes: the D step's fakes (with
-        # G's graph) and their classes, for the G step
+        self._fakes: list[tuple[Tensor, Tensor | None, Tensor]] = []  # with train.share_fakes: the D step's fakes
+        # (with G's graph), their classes and codes, for the G step
         self._real_logits: list[Tensor] = []  # with train.loss=relativistic: the D step's real logits, for the G step
         self.strength = AdaptiveStrength(t.augment_p, t.ada_target, t.ada_interval, t.ada_kimg) if t.augment else None
         self.grid_latents = latents_for_seeds(range(t.grid_seeds), config.model.z_dim, acc.device)
@@ -310,7 +310,10 @@ class Trainer:
                 f"processes ({world})"
             )
         if t.mode_seeking > 0 and batch_gpu % 2:
-            raise UserError(f"train.mode_seeking pairs the fakes of each micro-batch; {batch_gpu} images are not pairs")
+            raise UserError(
+                f"train.mode_seeking pairs the fakes of each micro-batch, and {batch_gpu} images are not pairs; "
+                "use an even train.batch (or train.batch_gpu), or set train.mode_seeking=0"
+            )
         return batch_gpu, t.batch // (batch_gpu * world)
 
     def _make_evaluator(self) -> Evaluator | None:
@@ -460,7 +463,7 @@ class Trainer:
                     # gradients are averaged over processes by _average_g_gradients instead)
                     with acc.no_sync(self.G):
                         fake = generate(z)
-                    self._fakes.append((fake, fake_classes))
+                    self._fakes.append((fake, fake_classes, z))
                 else:
                     with torch.no_grad():
                         fake = generate(z)
@@ -500,7 +503,7 @@ class Trainer:
                 sync = contextlib.nullcontext() if i == self.accum - 1 and not shared else acc.no_sync(self.G)
                 with sync, acc.no_sync(self.D):
                     if shared:
-                        fake, classes = shared[i]
+                        fake, classes, z = shared[i]
                     else:
                         z, classes = self._z()
                         fake = generate(z)

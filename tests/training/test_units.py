@@ -257,15 +257,23 @@ def test_mode_seeking_is_the_inverse_image_to_code_distance_ratio_of_consecutive
     assert fakes.grad[0].sum() > 0 > fakes.grad[1].sum()  # the first pair is pushed apart
 
 
-def test_mode_seeking_pairs_each_class_and_adds_its_term_to_g_only(tmp_path, monkeypatch):
+@pytest.mark.parametrize("share", [False, True])
+def test_mode_seeking_pairs_each_class_and_adds_its_term_to_g_only(tmp_path, monkeypatch, share):
     """With ``train.mode_seeking`` the fakes come in pairs of codes of one class, and the G step's loss gains
-    the weighted term on the fakes it generated; odd micro-batches and shared fakes are refused."""
+    the weighted term on the fakes it generated (or, with shared fakes, on the D step's); odd micro-batches are
+    refused."""
     import scs_gan.training.trainer as trainer_module
     from scs_gan.training import Trainer
 
     config = load_config(
         CONFIGS / "smoke.yaml",
-        [f"train.runs_dir={tmp_path}", "train.batch=8", "train.mode_seeking=0.5", "metrics.names=[]"],
+        [
+            f"train.runs_dir={tmp_path}",
+            "train.batch=8",
+            "train.mode_seeking=0.5",
+            f"train.share_fakes={str(share).lower()}",
+            "metrics.names=[]",
+        ],
     )
     trainer = Trainer(config)
     trainer.log.stream = None
@@ -298,8 +306,8 @@ def test_mode_seeking_pairs_each_class_and_adds_its_term_to_g_only(tmp_path, mon
     finally:
         monkeypatch.undo()
         trainer.close()
-    with pytest.raises(UserError, match="share_fakes"):
-        load_config(None, ["train.mode_seeking=1", "train.share_fakes=true"]).validate()
+    with pytest.raises(UserError, match="mode_seeking must be >= 0"):
+        load_config(None, ["train.mode_seeking=-1"]).validate()
     odd = load_config(CONFIGS / "smoke.yaml", [f"train.runs_dir={tmp_path}", "train.batch=7", "train.mode_seeking=1"])
     with pytest.raises(UserError, match="7 images are not pairs"):
         Trainer(odd)
