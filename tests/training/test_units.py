@@ -784,25 +784,26 @@ def test_shared_fakes_train_exactly_as_regenerating_the_same_latents(tmp_path, m
 
 
 def test_a_saved_config_without_a_later_option_keeps_the_maths_it_trained_with(tmp_path):
-    """A run saved before ``train.lr_rampdown``, ``train.share_fakes``, ``model.num_classes`` or
-    ``model.g.class_mod``/``latent_mod`` existed resumes (and is recorded) with constant rates, two G forwards, no
+    """A run saved before ``train.lr_rampdown``, ``train.share_fakes``, ``train.mode_seeking``, ``model.num_classes``
+    or ``model.g.class_mod``/``latent_mod`` existed resumes (and is recorded) with constant rates, two G forwards, no
     classes and no modulation, not with today's defaults; a saved value is honoured."""
     from scs_gan.training.config import load_run_config
 
     data = to_dict(RunConfig())
-    del data["train"]["lr_rampdown"], data["train"]["share_fakes"]
+    del data["train"]["lr_rampdown"], data["train"]["share_fakes"], data["train"]["mode_seeking"]
     del data["model"]["num_classes"], data["model"]["g"]["class_mod"], data["model"]["g"]["latent_mod"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
     old = load_run_config(tmp_path)
-    assert old.train.lr_rampdown == 0.0 and old.train.share_fakes is False
+    assert old.train.lr_rampdown == 0.0 and old.train.share_fakes is False and old.train.mode_seeking == 0.0
     assert old.model.num_classes == 0  # unconditional before model.num_classes existed
     assert old.model.g.class_mod is False and old.model.g.latent_mod is False
-    data["train"].update(lr_rampdown=0.25, share_fakes=True)
+    data["train"].update(lr_rampdown=0.25, share_fakes=True, mode_seeking=0.5)
     data["model"].update(num_classes=10)
     data["model"]["g"].update(class_mod=True, latent_mod=True)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
     new = load_run_config(tmp_path)
     assert new.train.lr_rampdown == 0.25 and new.train.share_fakes is True and new.model.num_classes == 10
+    assert new.train.mode_seeking == 0.5
     assert new.model.g.class_mod is True and new.model.g.latent_mod is True
 
 
