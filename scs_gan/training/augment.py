@@ -258,7 +258,7 @@ class AdaptiveStrength:
         target: the target for ``r_t`` (0.6, as in ADA); ``None`` for a fixed ``p`` (``r_t`` is still measured).
         interval: D steps between adjustments (4, as in ADA).
         kimg_to_full: speed, in thousands of real images for ``p`` to go 0 -> 1. ADA uses 500 for runs of
-            thousands of kimg; our default run is 200 kimg (mnist5k, 5,000 images shown 40 times), where 500
+            thousands of kimg; our default run is 192 kimg (mnist5k, 5,000 images shown 38 times), where 500
             would cap ``p`` at 0.4 for the whole run, so the default is 100 (0.00256 per adjustment at batch 64).
 
     Attributes:
