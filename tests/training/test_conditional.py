@@ -214,14 +214,19 @@ def test_latent_modulation_starts_as_the_identity_and_steers_each_image_by_its_c
         assert [m.table is not None and m.latent is not None for m in both.mods] == [True] * 3
 
 
-@pytest.mark.parametrize("class_dim,class_mod", [(0, False), (3, False), (0, True)])
-def test_a_conditional_snapshot_reloads_with_its_class_frequencies(tmp_path, class_dim, class_mod):
+@pytest.mark.parametrize(
+    "class_dim,class_mod,class_norm", [(0, False, 0.5), (3, False, 0.5), (0, True, 0.5), (0, True, 0.0)]
+)
+def test_a_conditional_snapshot_reloads_with_its_class_frequencies(tmp_path, class_dim, class_mod, class_norm):
     torch.manual_seed(0)
     model = small_model(3)
-    model.g.class_dim, model.g.class_mod = class_dim, class_mod
+    model.g.class_dim, model.g.class_mod, model.g.class_norm = class_dim, class_mod, class_norm
     g = build_generator(model, 32, 1).eval()
-    # the embedding has the code's length (16) unless model.g.class_dim shortens it
-    assert g.embed.weight.shape == (3, class_dim or 16) and g.net[0].in_channels == 16 + (class_dim or 16)
+    # the embedding has the code's length (16) unless model.g.class_dim shortens it; class_norm 0: none
+    if class_norm:
+        assert g.embed.weight.shape == (3, class_dim or 16) and g.net[0].in_channels == 16 + (class_dim or 16)
+    else:
+        assert g.embed is None and g.net[0].in_channels == 16
     g.class_cdf.copy_(torch.tensor([0.2, 0.3, 1.0], dtype=torch.float64))
     if class_mod:
         with torch.no_grad():
