@@ -159,15 +159,17 @@ def _positive_int(value: Any, name: str, where: str) -> int:
     return value
 
 
+# Generator options added after snapshots were first written, with the value an older header (without them) means:
+# an embedding as long as the code, no per-layer modulation
+G_ADDED_LATER: dict[str, Any] = {"class_dim": 0, "class_mod": False, "latent_mod": False}
+
+
 def _parse_spec(section: Any, where: str) -> GeneratorSpec:
     if not isinstance(section, dict):
         raise UserError(f"{where} is damaged: its generator description is not a mapping")
     g_section = section.get("g")
-    if isinstance(g_section, dict) and "class_dim" not in g_section:
-        g_section = {**g_section, "class_dim": 0}  # absent before the option existed: the code's length
-    for option in ("class_mod", "latent_mod"):
-        if isinstance(g_section, dict) and option not in g_section:
-            g_section = {**g_section, option: False}  # absent before the option existed: off
+    if isinstance(g_section, dict):  # options absent from older headers: what those generators were
+        g_section = {**G_ADDED_LATER, **g_section}
     try:
         g = from_dict(GeneratorConfig, g_section, "model.g")
         ModelConfig(g=g).validate()
