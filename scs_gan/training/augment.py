@@ -17,7 +17,8 @@ at ``p = 1``. :class:`AdaptiveStrength` moves ``p`` during training by ADA's ove
 The policies (images in ``[-1, 1]``, ``N`` images of ``H x W`` pixels):
 
 - ``translation``: shift by ``(dy, dx)`` whole pixels, each drawn uniformly from ``{-s, ..., s}`` with
-  ``s = round(size / 8)`` (half rounds up) per axis, filling with zeros; content at ``(y, x)`` moves to
+  ``s = round(size * shift)`` (half rounds up) per axis, ``shift`` 1/8 unless given (DiffAugment's ratio),
+  filling with zeros; content at ``(y, x)`` moves to
   ``(y + dy, x + dx)``. Implemented with ``gather`` so gradients flow to the input.
 - ``cutout``: set to zero a rectangle of half the size, ``round(H / 2) x round(W / 2)`` (half rounds up), at
   a uniformly drawn position; it may hang over the border by up to half its size, as in DiffAugment.
@@ -142,15 +143,16 @@ def _randint(low: int, high: int, n: int, images: Tensor, generator: torch.Gener
     return torch.randint(low, high, (n,), generator=generator, device=images.device)
 
 
-def _random_translation(images: Tensor, generator: torch.Generator | None) -> Tensor:
+def _random_translation(images: Tensor, generator: torch.Generator | None, shift: float) -> Tensor:
     n, _, h, w = images.shape
-    s_h, s_w = _half_up(h / 8), _half_up(w / 8)
+    s_h, s_w = _half_up(h * shift), _half_up(w * shift)
     dy = _randint(-s_h, s_h + 1, n, images, generator)
     dx = _randint(-s_w, s_w + 1, n, images, generator)
     return translate(images, torch.stack([dy, dx], dim=1))
 
 
-def _random_cutout(images: Tensor, generator: torch.Generator | None) -> Tensor:
+def _random_cutout(images: Tensor, generator: torch.Generator | None, shift: float) -> Tensor:
+    del shift  # translation's only
     n, _, h, w = images.shape
     size = (_half_up(h / 2), _half_up(w / 2))
     # Centres range so that the square hangs over each border by up to half its size, symmetrically.
@@ -160,7 +162,8 @@ def _random_cutout(images: Tensor, generator: torch.Generator | None) -> Tensor:
     return cutout(images, top_left, size)
 
 
-def _random_color(images: Tensor, generator: torch.Generator | None) -> Tensor:
+def _random_color(images: Tensor, generator: torch.Generator | None, shift: float) -> Tensor:
+    del shift  # translation's only
     n = images.shape[0]
     brightness = _uniform(n, images, generator) - 0.5
     saturation = _uniform(n, images, generator) * 2.0
@@ -168,7 +171,7 @@ def _random_color(images: Tensor, generator: torch.Generator | None) -> Tensor:
     return adjust_color(images, brightness, saturation, contrast)
 
 
-_RANDOM_POLICIES: dict[str, Callable[[Tensor, torch.Generator | None], Tensor]] = {
+_RANDOM_POLICIES: dict[str, Callable[[Tensor, torch.Generator | None, float], Tensor]] = {
     "translation": _random_translation,
     "cutout": _random_cutout,
     "color": _random_color,
@@ -198,7 +201,13 @@ def validate_policy(policy: Sequence[str]) -> tuple[str, ...]:
     return names
 
 
-def augment(images: Tensor, policy: Sequence[str], p: float, generator: torch.Generator | None = None) -> Tensor:
+def augment(
+    images: Tensor,
+    policy: Sequence[str],
+    p: float,
+    generator: torch.Generator | None = None,
+    shift: float = 1 / 8,
+) -> Tensor:
     """Apply each policy in ``policy`` (in order) to each image independently with probability ``p``.
 
     Differentiable, twice, with respect to ``images``. See the module docstring for the policies' maths and the
@@ -210,6 +219,8 @@ def augment(images: Tensor, policy: Sequence[str], p: float, generator: torch.Ge
         p: probability in ``[0, 1]`` that a policy is applied to an image (1 = DiffAugment, < 1 = ADA strength).
             ``p = 0`` returns ``images`` itself and draws nothing.
         generator: source of all random draws, on the images' device; ``None`` uses the global RNG.
+        shift: ``translation``'s largest shift as a fraction of the image's height and width, in ``(0, 1)``
+            (DiffAugment's 1/8: 4 pixels at 32 x 32).
 
     Shape:
         - images: ``(N, C, H, W)``.
@@ -217,12 +228,14 @@ def augment(images: Tensor, policy: Sequence[str], p: float, generator: torch.Ge
           bit for bit.
 
     Raises:
-        ValueError: an unknown or repeated policy name, ``p`` outside ``[0, 1]``, or images that are not a
-            4-D floating-point tensor.
+        ValueError: an unknown or repeated policy name, ``p`` outside ``[0, 1]``, ``shift`` outside ``(0, 1)``,
+            or images that are not a 4-D floating-point tensor.
     """
     names = validate_policy(policy)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"augmentation probability p={p} must be in [0, 1]")
+    if not 0.0 < shift < 1.0:
+        raise ValueError(f"translation shift={shift} must be a fraction of the image size in (0, 1)")
     if images.dim() != 4 or not images.is_floating_point():
         raise ValueError(
             f"augment expects floating-point images of shape (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
@@ -232,7 +245,7 @@ def augment(images: Tensor, policy: Sequence[str], p: float, generator: torch.Ge
     out = images
     for name in names:
         chosen = _uniform(out.shape[0], out, generator) < p
-        out = torch.where(chosen.view(-1, 1, 1, 1), _RANDOM_POLICIES[name](out, generator), out)
+        out = torch.where(chosen.view(-1, 1, 1, 1), _RANDOM_POLICIES[name](out, generator, shift), out)
     return out
 
 

@@ -75,6 +75,8 @@ class TrainConfig:
             is null (1 = classic DiffAugment), else ADA's starting strength. The default, DiffAugment
             translation at p = 1, measured better than none, translation+cutout and ADA at the default run's
             budget (three seeds: docs/RESULTS.md).
+        augment_shift: ``translation``'s largest shift, as a fraction of the image size (DiffAugment's 1/8:
+            up to 4 pixels at 32 x 32).
         ada_target, ada_interval, ada_kimg: ADA's adaptive strength: every ada_interval D steps the mean sign
             of D on reals is compared with ada_target and ``p`` moves up or down at a speed that would take it
             from 0 to 1 in ada_kimg thousand images (see scs_gan/training/augment.py).
@@ -123,6 +125,7 @@ class TrainConfig:
     lookahead_alpha: float = 0.5
     augment: list[Literal["translation", "cutout", "color"]] = field(default_factory=lambda: ["translation"])
     augment_p: float = 1.0
+    augment_shift: float = 0.125
     ada_target: float | None = None
     ada_interval: int = 4
     ada_kimg: float = 100.0
@@ -207,6 +210,10 @@ class RunConfig:
             raise UserError(f"train.augment names a policy twice: {t.augment}")
         if not 0 <= t.augment_p <= 1 or (t.ada_target is not None and not -1 <= t.ada_target <= 1):
             raise UserError("train.augment_p must be in [0, 1] and train.ada_target in [-1, 1] (or null: fixed p)")
+        if not 0 < t.augment_shift < 1:
+            raise UserError(
+                f"train.augment_shift must be a fraction of the image size in (0, 1), got {t.augment_shift}"
+            )
         if t.loss == "relativistic" and t.ada_target is not None:
             raise UserError(
                 "train.ada_target needs D's logits to have a sign, which the relativistic loss leaves undefined "

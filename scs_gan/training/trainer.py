@@ -383,7 +383,8 @@ class Trainer:
         """What D sees: ``images`` augmented with the current strength (draws from the checkpointed RNG)."""
         if self.strength is None:
             return images
-        return augment(images, self.config.train.augment, self.strength.p)
+        t = self.config.train
+        return augment(images, t.augment, self.strength.p, shift=t.augment_shift)
 
     def _d_losses(
         self, reals: Tensor, fakes: Tensor, real_classes: Tensor | None = None, fake_classes: Tensor | None = None

@@ -116,6 +116,21 @@ def test_translation_moves_a_one_hot_pixel_by_the_drawn_amount_at_most_an_eighth
     assert (drawn.min().item(), drawn.max().item()) == (-4, 4), "the whole range is used"
 
 
+@pytest.mark.parametrize(("shift", "most"), [(1 / 16, 2), (0.25, 8), (0.01, 0)])
+def test_translation_shift_sets_the_largest_shift_as_a_fraction_of_the_size(shift, most):
+    n, size = 256, 32
+    images = torch.zeros(n, 1, size, size)
+    images[:, :, 16, 16] = 1.0
+    out = augment(images, ["translation"], p=1.0, generator=_generator(3), shift=shift)
+    g = _generator(3)
+    torch.rand(n, generator=g)
+    dy = torch.randint(-most, most + 1, (n,), generator=g)  # round(32 * shift), halves up
+    dx = torch.randint(-most, most + 1, (n,), generator=g)
+    where = torch.stack([(out[k, 0] == 1).nonzero()[0] for k in range(n)]) - 16
+    assert torch.equal(where, torch.stack([dy, dx], dim=1))
+    assert where.abs().max().item() == most, "the whole range is used, and no more"
+
+
 def test_cutout_zeroes_one_rectangle_of_at_most_half_the_size():
     n, h, w = 64, 16, 12
     out = augment(torch.ones(n, 2, h, w), ["cutout"], p=1.0, generator=_generator(9))
@@ -202,6 +217,9 @@ def test_unknown_repeated_or_string_policies_are_value_errors_naming_the_valid_o
             augment(images, ["cutout"], p=p)
     with pytest.raises(ValueError, match="floating-point images"):
         augment(torch.zeros(8, 8), ["cutout"], p=1.0)
+    for shift in (0.0, 1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match=r"shift=.* in \(0, 1\)"):
+            augment(images, ["translation"], p=1.0, shift=shift)
 
 
 def _run(strength: AdaptiveStrength, steps: int, sign: float, batch: int = 64) -> list[float]:

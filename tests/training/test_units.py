@@ -115,6 +115,8 @@ def test_config_file_errors(tmp_path):
         ("train.augment=[flip]", "train.augment[0] must be one of"),
         ("train.augment=[cutout,cutout]", "train.augment names a policy twice"),
         ("train.augment_p=1.5", "train.augment_p must be in [0, 1]"),
+        ("train.augment_shift=0", "train.augment_shift must be a fraction of the image size in (0, 1)"),
+        ("train.augment_shift=1.5", "train.augment_shift must be a fraction of the image size in (0, 1)"),
         ("train.ada_target=2", "train.ada_target in [-1, 1]"),
         ("train.ada_kimg=0", "train.ada_kimg positive"),
         ("train.lecam=-0.1", "train.lecam must be >= 0"),
@@ -205,6 +207,26 @@ def test_lecam_penalises_only_logits_past_the_other_sides_average():
     loss.backward()
     torch.testing.assert_close(real.grad, torch.tensor([4.0, 0.0]))
     torch.testing.assert_close(fake.grad, torch.tensor([-0.5, 0.0]))
+
+
+def test_augment_shift_bounds_the_translations_d_sees_in_training(tmp_path, monkeypatch):
+    """``train.augment_shift`` reaches the augmentation of the training steps: at 1/32 of smoke's 32 x 32 images,
+    what D is shown of a one-pixel image is moved by at most one pixel per axis, and by exactly one sometimes."""
+    from scs_gan.training import Trainer
+
+    config = load_config(
+        CONFIGS / "smoke.yaml",
+        [f"train.runs_dir={tmp_path}", "train.batch=8", "train.augment_shift=0.03125", "metrics.names=[]"],
+    )
+    trainer = Trainer(config)
+    trainer.log.stream = None
+    try:
+        dot = torch.zeros(64, 1, 32, 32)
+        dot[:, :, 16, 16] = 1.0
+        where = torch.stack([(image[0] == 1).nonzero()[0] for image in trainer._augment(dot)]) - 16
+        assert where.abs().max().item() == 1
+    finally:
+        trainer.close()
 
 
 def test_lecam_averages_start_at_the_first_step_and_follow_the_mean_logits(tmp_path, monkeypatch):
