@@ -29,16 +29,18 @@ def classes_of(z: Tensor, cdf: Tensor) -> Tensor:
     return torch.searchsorted(cdf.to(u.device, torch.float64)[:-1].contiguous(), u, right=True)
 
 
-def with_class(z: Tensor, cls: int, cdf: Tensor) -> Tensor:
-    """``z`` with every code moved into class ``cls``: the first coordinate's CDF, ``u``, becomes
-    ``lo + u (hi - lo)`` for the class's interval ``[lo, hi)`` of ``cdf``; the other coordinates stay."""
-    cdf = cdf.to(torch.float64)
-    lo = float(cdf[cls - 1]) if cls > 0 else 0.0
-    hi = float(cdf[cls])
+def with_class(z: Tensor, cls: int | Tensor, cdf: Tensor) -> Tensor:
+    """``z`` with every code moved into class ``cls`` (one class for all, or an int64 ``(N,)`` of one per
+    code): the first coordinate's CDF, ``u``, becomes ``lo + u (hi - lo)`` for the class's interval
+    ``[lo, hi)`` of ``cdf``; the other coordinates stay."""
+    cdf = cdf.to(z.device, torch.float64)
+    starts = torch.cat([cdf.new_zeros(1), cdf[:-1]])
+    index = torch.as_tensor(cls, dtype=torch.long, device=z.device)
+    lo, hi = starts[index], cdf[index]
     u = torch.special.ndtr(z[:, 0].to(torch.float64))
     # kept inside the interval, with a margin for the rounding of z's dtype (the normal CDF rounds to 0 or 1
     # far out in the tails, and float32 moves a code by about 1e-7 of itself)
-    inner = (lo + u * (hi - lo)).clamp(lo + (hi - lo) * 1e-6, hi - (hi - lo) * 1e-6)
+    inner = torch.minimum(torch.maximum(lo + u * (hi - lo), lo + (hi - lo) * 1e-6), hi - (hi - lo) * 1e-6)
     out = z.clone()
     out[:, 0] = torch.special.ndtri(inner).to(z.dtype)
     return out

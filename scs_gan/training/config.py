@@ -66,6 +66,12 @@ class TrainConfig:
             which rewards different images for different codes. It needs an even micro-batch. The default, 0.03,
             measured better than none (three seeds 20.6 ± 0.8 against 22.0 ± 1.7, precision and recall both
             higher); 0.1 and 1 traded too much precision for recall (docs/RESULTS.md, round 31).
+        fake_classes: in a conditional GAN, the classes the fakes ask for: ``drawn`` (the default), each code's
+            own at the data's class frequencies, independently of the reals; ``batch``, the labels of the real
+            micro-batch beside them (pairs of the mode-seeking term take the label of every other real), so
+            that D's per-class outputs see as many fakes as reals of each class in every D step. The G step
+            reuses the classes of its micro-batch's D step. Either way a fake asks for class ``c`` as often as
+            the data has it. No effect on an unconditional GAN.
         lookahead_k, lookahead_alpha: Lookahead-minmax (0: off): after every ``lookahead_k`` steps the weights of
             G and D become slow + alpha (fast - slow), where slow are their weights after the previous such step
             (kept in the checkpoints); it did not help the default run (docs/RESULTS.md, round 27).
@@ -121,6 +127,7 @@ class TrainConfig:
     lecam: float = 0.0
     lecam_decay: float = 0.99
     mode_seeking: float = 0.03
+    fake_classes: Literal["drawn", "batch"] = "drawn"
     lookahead_k: int = 0
     lookahead_alpha: float = 0.5
     augment: list[Literal["translation", "cutout", "color"]] = field(default_factory=lambda: ["translation"])
@@ -279,6 +286,7 @@ ADDED_LATER: dict[str, Any] = {
     "model.g.class_mod": False,  # the class only in the code before per-layer class modulation existed
     "model.g.latent_mod": False,  # the code only in the first layer before per-layer latent modulation existed
     "train.mode_seeking": 0.0,  # no mode-seeking term before it existed (round 31)
+    "train.fake_classes": "drawn",  # every fake's class drawn on its own before the option existed (round 32)
 }
 
 

@@ -35,7 +35,7 @@ from ..data.dataset import spread_subset
 from ..errors import UserError
 from ..images import image_grid, save_image_grid
 from ..io import atomic_write, atomic_write_text
-from ..latents import latents_for_seeds
+from ..latents import latents_for_seeds, with_class
 from ..metrics.evaluate import Evaluator, describe
 from ..metrics.weights import resolve_fid_weights
 from ..models import build_discriminator, build_generator, count_parameters, rescale_scs_weights
@@ -283,6 +283,7 @@ class Trainer:
         self._fakes: list[tuple[Tensor, Tensor | None, Tensor]] = []  # with train.share_fakes: the D step's fakes
         # (with G's graph), their classes and codes, for the G step
         self._real_logits: list[Tensor] = []  # with train.loss=relativistic: the D step's real logits, for the G step
+        self._real_classes: list[Tensor | None] = []  # the D step's real labels, for the G step's fake classes
         self.strength = AdaptiveStrength(t.augment_p, t.ada_target, t.ada_interval, t.ada_kimg) if t.augment else None
         self.grid_latents = latents_for_seeds(range(t.grid_seeds), config.model.z_dim, acc.device)
         self.evaluator = self._make_evaluator()
@@ -372,10 +373,16 @@ class Trainer:
             out.append((to_float(images, device), None if classes is None else classes.to(device)))
         return out
 
-    def _z(self) -> tuple[Tensor, Tensor | None]:
-        """Random latents for one micro-batch, with the classes they ask for (None if unconditional)."""
+    def _z(self, real_classes: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Random latents for one micro-batch, with the classes they ask for (None if unconditional); with
+        ``train.fake_classes=batch``, the classes of ``real_classes`` (of every other one for mode-seeking
+        pairs)."""
+        t = self.config.train
         z = torch.randn(self.batch_gpu, self.config.model.z_dim, device=self.accelerator.device)
-        if self.config.train.mode_seeking > 0:  # pairs of codes that ask for the same class (the first coordinate)
+        if real_classes is not None and t.fake_classes == "batch":
+            wanted = real_classes[0::2].repeat_interleave(2) if t.mode_seeking > 0 else real_classes
+            z = with_class(z, wanted, self.accelerator.unwrap_model(self.G).class_cdf)
+        if t.mode_seeking > 0:  # pairs of codes that ask for the same class (the first coordinate)
             z[1::2, 0] = z[0::2, 0]
         return z, self.classes_of(z)
 
@@ -455,10 +462,11 @@ class Trainer:
         losses, penalties, signs, means = [], [], [], []
         anchors = self.progress.lecam if t.lecam > 0 else None
         self._fakes, self._real_logits = [], []
+        self._real_classes = [real_classes for _, real_classes in reals]
         for i, (real, real_classes) in enumerate(reals):
             sync = contextlib.nullcontext() if i == len(reals) - 1 else acc.no_sync(self.D)
             with sync:
-                z, fake_classes = self._z()
+                z, fake_classes = self._z(real_classes)
                 if t.share_fakes:
                     # kept, with G's graph, for the G step; DDP must not expect G's backward before that (its
                     # gradients are averaged over processes by _average_g_gradients instead)
@@ -506,7 +514,7 @@ class Trainer:
                     if shared:
                         fake, classes, z = shared[i]
                     else:
-                        z, classes = self._z()
+                        z, classes = self._z(self._real_classes[i])
                         fake = generate(z)
                     loss = loss_of(self._augment(fake), classes, real_logits[i] if real_logits else None, keep)
                     if self.config.train.mode_seeking > 0:

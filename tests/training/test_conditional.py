@@ -86,6 +86,16 @@ def test_with_class_moves_every_code_into_the_class_and_keeps_the_rest():
     assert torch.equal(truncate(z, 0.5, conditional=False), z * 0.5)
 
 
+def test_with_class_moves_each_code_into_its_own_class_as_one_class_at_a_time_would():
+    z = torch.randn(600, 8, generator=torch.Generator().manual_seed(2))
+    skewed = torch.tensor([0.5, 0.6, 1.0], dtype=torch.float64)
+    wanted = torch.arange(600) % 3
+    moved = with_class(z, wanted, skewed)
+    assert torch.equal(classes_of(moved, skewed), wanted) and torch.equal(moved[:, 1:], z[:, 1:])
+    for cls in range(3):
+        assert torch.equal(moved[wanted == cls], with_class(z[wanted == cls], cls, skewed))
+
+
 def test_sampling_keeps_each_seeds_class_under_truncation():
     uniform = torch.arange(1, 11, dtype=torch.float64) / 10
     full = classes_of(seed_latents(range(100), 16, 1.0, conditional=True), uniform)
@@ -266,6 +276,44 @@ def test_the_training_step_gives_d_each_real_images_label_and_each_fakes_class(t
         as_uint8 = ((reals + 1) * 127.5).round().to(torch.uint8)
         assert [lookup[bytes(image.numpy())] for image in as_uint8] == real_classes.tolist()
         assert fake_classes is not None and fake_classes.shape == (8,) and fakes.shape == reals.shape
+    finally:
+        monkeypatch.undo()
+        trainer.close()
+
+
+@pytest.mark.parametrize("mode_seeking", ["0", "0.03"])
+def test_batch_fake_classes_are_the_real_labels_in_the_d_step_and_again_in_the_g_step(
+    tmp_path, monkeypatch, mode_seeking
+):
+    """``train.fake_classes=batch``: each D-step fake asks for the class of the real beside it (with mode-seeking
+    pairs, of every other real, so that a pair shares its class), and the G step's fakes ask for the same."""
+    from scs_gan.training import Trainer
+
+    overrides = [f"train.runs_dir={tmp_path}", "train.batch=8", "train.batch_gpu=4", "model.num_classes=10"]
+    overrides += ["metrics.names=[]", "train.fake_classes=batch", f"train.mode_seeking={mode_seeking}"]
+    trainer = Trainer(load_config(CONFIGS / "smoke.yaml", overrides))
+    trainer.log.stream = None
+    d_seen, g_seen = [], []
+    d_losses, g_loss_of = trainer._d_losses, trainer._g_loss
+
+    def recording_d(reals, fakes, real_classes, fake_classes):
+        d_seen.append((real_classes, fake_classes))
+        return d_losses(reals, fakes, real_classes, fake_classes)
+
+    def recording_g(fakes, classes, *rest):
+        g_seen.append(classes)
+        return g_loss_of(fakes, classes, *rest)
+
+    monkeypatch.setattr(trainer, "_d_losses", recording_d)
+    monkeypatch.setattr(trainer, "_g_loss", recording_g)
+    try:
+        for _ in range(3):
+            trainer.step()
+        assert len(d_seen) == len(g_seen) == 6  # two micro-batches of 4 per step
+        for (real_classes, fake_classes), g_classes in zip(d_seen, g_seen, strict=True):
+            wanted = real_classes[0::2].repeat_interleave(2) if mode_seeking != "0" else real_classes
+            assert torch.equal(fake_classes, wanted) and torch.equal(g_classes, wanted)
+        assert len({tuple(r.tolist()) for r, _ in d_seen}) > 1
     finally:
         monkeypatch.undo()
         trainer.close()
