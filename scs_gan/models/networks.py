@@ -143,7 +143,7 @@ class DiscriminatorConfig:
     skip: bool = False
 
 
-def _validate_layers(c: GeneratorConfig | DiscriminatorConfig, section: str) -> None:
+def _validate_layers(c: GeneratorConfig | DiscriminatorConfig, section: str, num_classes: int | str) -> None:
     if c.channels < 1 or c.max_channels < 1:
         raise UserError(f"{section}.channels and {section}.max_channels must be at least 1")
     if c.kind != "conv":
@@ -157,7 +157,8 @@ def _validate_layers(c: GeneratorConfig | DiscriminatorConfig, section: str) -> 
             raise UserError(f"{section}.gain_lr_mul must be positive")
     if isinstance(c, GeneratorConfig) and not c.class_norm >= 0:
         raise UserError(f"{section}.class_norm must be positive, or 0 with class_mod on, got {c.class_norm}")
-    if isinstance(c, GeneratorConfig) and c.class_norm == 0 and not c.class_mod:
+    # checked once the class count is known: auto is resolved by the trainer, which validates again
+    if isinstance(c, GeneratorConfig) and c.class_norm == 0 and not c.class_mod and num_classes not in (0, "auto"):
         raise UserError(
             f"{section}.class_norm=0 leaves the class out of the code; it needs {section}.class_mod=true to "
             "reach the generator some other way"
@@ -193,8 +194,8 @@ class ModelConfig:
             raise UserError(
                 f"model.num_classes must be 0 (unconditional), the number of classes or auto, got {self.num_classes}"
             )
-        _validate_layers(self.g, "model.g")
-        _validate_layers(self.d, "model.d")
+        _validate_layers(self.g, "model.g", self.num_classes)
+        _validate_layers(self.d, "model.d", self.num_classes)
 
 
 class Gain(nn.Module):

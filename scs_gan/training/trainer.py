@@ -241,6 +241,7 @@ class Trainer:
             self.dataset = build_dataset(config.data)
         if config.model.num_classes == "auto":  # conditional where the data has labels
             config.model.num_classes = self.dataset.num_classes
+            config.model.validate()  # what depends on the class count
         if self.main and checkpoint is None:
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(config))
         self.conditional = config.model.num_classes > 0

@@ -319,6 +319,23 @@ def test_batch_fake_classes_are_the_real_labels_in_the_d_step_and_again_in_the_g
         trainer.close()
 
 
+def test_class_norm_0_is_no_error_where_the_gan_is_unconditional(tmp_path):
+    """The class embedding's norm means nothing without classes: ``class_norm=0`` without ``class_mod`` is
+    refused only once the class count is known to be positive (after ``auto`` is resolved)."""
+    from scs_gan.training import Trainer
+
+    assert load_config(CONFIGS / "smoke.yaml", ["model.num_classes=0", "model.g.class_norm=0"]).model.g.class_norm == 0
+    config = load_config(
+        CONFIGS / "smoke.yaml", [f"train.runs_dir={tmp_path}", "data.name=synthetic", "model.g.class_norm=0"]
+    )
+    config.model.num_classes = "auto"
+    trainer = Trainer(config)
+    try:
+        assert not trainer.conditional
+    finally:
+        trainer.close()
+
+
 @pytest.mark.parametrize("data,classes", [("mnist5k", 10), ("synthetic", 0)])
 def test_auto_classes_follow_the_data_and_the_run_records_the_count(tmp_path, data, classes):
     from scs_gan.training import Trainer
@@ -343,6 +360,7 @@ def test_auto_classes_follow_the_data_and_the_run_records_the_count(tmp_path, da
         (["model.num_classes=-1"], "model.num_classes must be 0"),
         (["model.num_classes=10", "model.g.class_norm=-1"], "model.g.class_norm must be positive"),
         (["model.num_classes=10", "model.g.class_norm=0"], "class_norm=0 leaves the class out of the code"),
+        (["model.num_classes=auto", "model.g.class_norm=0"], "class_norm=0 leaves the class out of the code"),
         (["model.num_classes=10", "model.g.class_dim=-2"], "model.g.class_dim must be 0"),
     ],
 )
