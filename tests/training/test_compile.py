@@ -54,7 +54,8 @@ def test_compiled_steps_match_eager_steps_with_r1_and_adaptive_augmentation(tmp_
     loss): no graph break, no recompilation. The conditional GAN is compared over two steps (one with R1, one
     without): after two steps its largest difference is in G's first layer (4e-5 of its largest weight), and
     from there the two runs drift apart by roughly 10x a step (measured: 3e-5 of loss_G at step 3, 1e-2 at
-    step 5), where the unconditional GAN's stay below 1e-6 for five steps. The conditional case is the default,
+    step 5), where the unconditional GAN's stay below about 1e-6 for five steps (of the values; of the logits'
+    scale for D's mean logits, which nearly cancel). The conditional case is the default,
     mode-seeking term included; the unconditional one leaves that term out, since its ``1 / ratio`` amplifies
     rounding too (measured with it: 1.3e-5 of R1 at step 5, against below 1e-6 without)."""
     options = [
@@ -76,7 +77,10 @@ def test_compiled_steps_match_eager_steps_with_r1_and_adaptive_augmentation(tmp_
     for ours, theirs in zip(losses, eager_losses, strict=True):
         for key, value in ours.items():
             expected = theirs[key]
-            assert value == (None if expected is None else pytest.approx(expected, rel=1e-5, abs=1e-7)), key
+            # D's mean logits are means of logits of order 1 that nearly cancel (-0.026 at step 5, 2.9e-7 apart,
+            # measured): held to 1e-6 of the logits' scale rather than of the mean
+            tolerance = 1e-6 if key.startswith("logit_") else 1e-7
+            assert value == (None if expected is None else pytest.approx(expected, rel=1e-5, abs=tolerance)), key
     assert state.keys() == eager_state.keys()
     for key, value in state.items():
         torch.testing.assert_close(value, eager_state[key], rtol=1e-4, atol=1e-4, msg=key)

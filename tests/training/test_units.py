@@ -790,7 +790,7 @@ def test_shared_fakes_train_exactly_as_regenerating_the_same_latents(tmp_path, m
             # shared: each step draws latents 2k, 2k+1 once; else the G phase draws the D phase's two again
             return next(c) if share else (n := next(c)) // 4 * 2 + n % 2
 
-        monkeypatch.setattr(trainer, "_z", lambda t=trainer: (z := latents[index()], t.classes_of(z)))
+        monkeypatch.setattr(trainer, "_z", lambda _real_classes, t=trainer: (z := latents[index()], t.classes_of(z)))
         forwards[share] = []
         trainer.G.register_forward_hook(lambda *_, f=forwards[share]: f.append(1))
         try:
@@ -814,19 +814,21 @@ def test_a_saved_config_without_a_later_option_keeps_the_maths_it_trained_with(t
 
     data = to_dict(RunConfig())
     del data["train"]["lr_rampdown"], data["train"]["share_fakes"], data["train"]["mode_seeking"]
+    del data["train"]["augment_shift"], data["train"]["fake_classes"]
     del data["model"]["num_classes"], data["model"]["g"]["class_mod"], data["model"]["g"]["latent_mod"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
     old = load_run_config(tmp_path)
     assert old.train.lr_rampdown == 0.0 and old.train.share_fakes is False and old.train.mode_seeking == 0.0
+    assert old.train.augment_shift == 0.125 and old.train.fake_classes == "drawn"
     assert old.model.num_classes == 0  # unconditional before model.num_classes existed
     assert old.model.g.class_mod is False and old.model.g.latent_mod is False
-    data["train"].update(lr_rampdown=0.25, share_fakes=True, mode_seeking=0.5)
+    data["train"].update(lr_rampdown=0.25, share_fakes=True, mode_seeking=0.5, augment_shift=0.25)
     data["model"].update(num_classes=10)
     data["model"]["g"].update(class_mod=True, latent_mod=True)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
     new = load_run_config(tmp_path)
     assert new.train.lr_rampdown == 0.25 and new.train.share_fakes is True and new.model.num_classes == 10
-    assert new.train.mode_seeking == 0.5
+    assert new.train.mode_seeking == 0.5 and new.train.augment_shift == 0.25
     assert new.model.g.class_mod is True and new.model.g.latent_mod is True
 
 
