@@ -111,7 +111,11 @@ class DiscriminatorConfig:
         max_channels: cap on any layer's width.
         downsample: ``stride`` (k4 s2 layers) or ``maxabspool`` (k3 s1 layers, then MaxAbsPool2d(2)).
         activation: ``auto`` is ``lrelu`` (LeakyReLU 0.2) for every kind (measured better than none for SCS).
-        p_init, p_init_max, p_floor, q_init: as for the generator.
+        p_init, p_init_max, p_floor, q_init: as for the generator, but by default each channel's exponent starts
+            anywhere in [1, 3] above a floor of 0.5 (the SCS practice), and with ``train.pq_lr_mul`` 10 D's
+            exponents spread to about 0.8-3.4 (layer means 1.2-2.1): with the 2-pixel translation three seeds
+            scored 18.5 ± 0.9 against 18.8 ± 1.0 with p starting at 1.1, and with the 4-pixel one 19.0 ± 0.7
+            against 20.6 ± 0.8 (docs/RESULTS.md, round 32).
         out_gain: initial value of the learned gain of the logit (scs/cosine, ``head: cosine``).
         gain_lr_mul: learning-rate multiplier of that gain and its bias.
         head: the last layer of scs/cosine discriminators, from the ``4x4`` features to the logit: ``cosine``
@@ -132,9 +136,9 @@ class DiscriminatorConfig:
     max_channels: int = 256
     downsample: Literal["stride", "maxabspool"] = "stride"
     activation: Literal["auto", "none", "relu", "lrelu", "abs"] = "auto"
-    p_init: float = 1.1
-    p_init_max: float | None = None
-    p_floor: float = 1.0
+    p_init: float = 1.0
+    p_init_max: float | None = 3.0
+    p_floor: float = 0.5
     q_init: float = 0.1
     out_gain: float = 4.0
     gain_lr_mul: float = 50.0

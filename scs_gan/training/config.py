@@ -19,6 +19,8 @@ from ..errors import UserError
 from ..metrics.protocol import parse_metric
 from ..models import ModelConfig
 
+_FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
+
 
 @dataclass
 class TrainConfig:
@@ -34,8 +36,10 @@ class TrainConfig:
             default run's budget (three seeds: docs/RESULTS.md, round 9). The schedule follows ``kimg``:
             extending a run on resume moves the ramp-down to the new end, so only a run with constant rates
             extended on resume equals one trained that long from the start.
-        pq_lr_mul: learning-rate multiplier for the SCS exponents and norm floors (``p_raw``, ``q_raw``): Adam
-            moves each by about the learning rate per step, so without it they barely leave their initial values.
+        pq_lr_mul: learning-rate multiplier for the SCS exponents and norm floors (``p_raw``, ``q_raw``) of G and
+            D: Adam moves each by about the learning rate per step, so at 1 they barely leave their initial
+            values. The default, 10, lets D's exponents spread (with ``model.d`` p0 in [1, 3]; G's stay at
+            1.0-1.6; docs/RESULTS.md, round 32).
         scs_weight_rms: if set, the weights of every SCS and cosine layer (in G and D) are rescaled to this
             root mean square at the start and after every optimiser step. Those layers are invariant to their
             weights' scale, so this changes only how fast they turn: Adam moves each weight by about the
@@ -117,7 +121,7 @@ class TrainConfig:
     d_lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     lr_rampdown: float = 0.5
-    pq_lr_mul: float = 1.0
+    pq_lr_mul: float = 10.0
     scs_weight_rms: float | None = None
     share_fakes: bool = False
     loss: Literal["logistic", "hinge", "relativistic"] = "logistic"
@@ -197,8 +201,13 @@ class RunConfig:
             raise UserError("train.batch and train.batch_gpu must be positive")
         if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
             raise UserError(f"train.betas must be two numbers in [0, 1), got {t.betas}")
-        if t.g_lr <= 0 or t.d_lr <= 0 or t.pq_lr_mul <= 0:
+        if not (t.g_lr > 0 and t.d_lr > 0 and t.pq_lr_mul > 0):
             raise UserError("train.g_lr, train.d_lr and train.pq_lr_mul must be positive")
+        if not max(t.g_lr, t.d_lr) * t.pq_lr_mul <= _FLOAT32_MAX:  # the rate of p and q, a float32 in Adam's step
+            raise UserError(
+                f"train.g_lr and train.d_lr times train.pq_lr_mul ({t.pq_lr_mul:g}) must stay within float32's range "
+                f"(3.4e38), got {max(t.g_lr, t.d_lr):g}"
+            )
         if not 0 <= t.lr_rampdown < 1:
             raise UserError(f"train.lr_rampdown must be in [0, 1), got {t.lr_rampdown}")
         if t.r1_gamma < 0 or t.r1_interval < 1:
@@ -289,6 +298,8 @@ ADDED_LATER: dict[str, Any] = {
     "train.mode_seeking": 0.0,  # no mode-seeking term before it existed (round 31)
     "train.fake_classes": "drawn",  # every fake's class drawn on its own before the option existed (round 32)
     "train.augment_shift": 0.125,  # DiffAugment's 1/8 before the shift could be set (round 32)
+    "train.pq_lr_mul": 1.0,  # p and q at the weights' rate before the multiplier existed
+    "model.d.p_init_max": None,  # one initial exponent per layer before the spread existed
 }
 
 

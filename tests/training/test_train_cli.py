@@ -338,7 +338,7 @@ def test_mixed_precision_with_r1_trains_finitely(tmp_path, precision):
 
 
 def test_nan_guard_skips_counts_and_stops_with_a_checkpoint(tmp_path):
-    result = train(tmp_path, "train.d_lr=1e38", "train.g_lr=1e38", "train.nan_patience=5")
+    result = train(tmp_path, "train.d_lr=1e37", "train.g_lr=1e37", "train.nan_patience=5")
     assert result.returncode == 3, result.stderr
     assert "training diverged: 5 steps in a row" in result.stderr and "Traceback" not in result.stderr
     run = only_run(tmp_path)

@@ -118,6 +118,7 @@ def test_config_file_errors(tmp_path):
         ("train.augment_shift=0", "train.augment_shift must be a fraction of the image size in (0, 1)"),
         ("train.augment_shift=1.5", "train.augment_shift must be a fraction of the image size in (0, 1)"),
         ("train.fake_classes=real", "train.fake_classes must be one of 'drawn' | 'batch'"),
+        ("train.g_lr=1e38", "times train.pq_lr_mul (10) must stay within float32's range"),
         ("train.ada_target=2", "train.ada_target in [-1, 1]"),
         ("train.ada_kimg=0", "train.ada_kimg positive"),
         ("train.lecam=-0.1", "train.lecam must be >= 0"),
