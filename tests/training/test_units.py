@@ -211,7 +211,7 @@ def test_lecam_penalises_only_logits_past_the_other_sides_average():
     torch.testing.assert_close(fake.grad, torch.tensor([-0.5, 0.0]))
 
 
-def test_augment_shift_bounds_the_translations_d_sees_in_training(tmp_path, monkeypatch):
+def test_augment_shift_bounds_the_translations_d_sees_in_training(tmp_path):
     """``train.augment_shift`` reaches the augmentation of the training steps: at 1/32 of smoke's 32 x 32 images,
     what D is shown of a one-pixel image is moved by at most one pixel per axis, and by exactly one sometimes."""
     from scs_gan.training import Trainer
