@@ -40,7 +40,7 @@ def with_class(z: Tensor, cls: int | Tensor, cdf: Tensor) -> Tensor:
     u = torch.special.ndtr(z[:, 0].to(torch.float64))
     # kept inside the interval, with a margin for the rounding of z's dtype (the normal CDF rounds to 0 or 1
     # far out in the tails, and float32 moves a code by about 1e-7 of itself)
-    inner = torch.minimum(torch.maximum(lo + u * (hi - lo), lo + (hi - lo) * 1e-6), hi - (hi - lo) * 1e-6)
+    inner = (lo + u * (hi - lo)).clamp(lo + (hi - lo) * 1e-6, hi - (hi - lo) * 1e-6)
     out = z.clone()
     out[:, 0] = torch.special.ndtri(inner).to(z.dtype)
     return out
