@@ -815,21 +815,25 @@ def test_a_saved_config_without_a_later_option_keeps_the_maths_it_trained_with(t
 
     data = to_dict(RunConfig())
     del data["train"]["lr_rampdown"], data["train"]["share_fakes"], data["train"]["mode_seeking"]
-    del data["train"]["augment_shift"], data["train"]["fake_classes"]
+    del data["train"]["augment_shift"], data["train"]["fake_classes"], data["train"]["pq_lr_mul"]
+    del data["model"]["d"]["p_init_max"]
     del data["model"]["num_classes"], data["model"]["g"]["class_mod"], data["model"]["g"]["latent_mod"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
     old = load_run_config(tmp_path)
     assert old.train.lr_rampdown == 0.0 and old.train.share_fakes is False and old.train.mode_seeking == 0.0
     assert old.train.augment_shift == 0.125 and old.train.fake_classes == "drawn"
+    assert old.train.pq_lr_mul == 1.0 and old.model.d.p_init_max is None  # one p0 per layer, at the weights' rate
     assert old.model.num_classes == 0  # unconditional before model.num_classes existed
     assert old.model.g.class_mod is False and old.model.g.latent_mod is False
-    data["train"].update(lr_rampdown=0.25, share_fakes=True, mode_seeking=0.5, augment_shift=0.25)
+    data["train"].update(lr_rampdown=0.25, share_fakes=True, mode_seeking=0.5, augment_shift=0.25, pq_lr_mul=3.0)
+    data["model"]["d"].update(p_init_max=2.0)
     data["model"].update(num_classes=10)
     data["model"]["g"].update(class_mod=True, latent_mod=True)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
     new = load_run_config(tmp_path)
     assert new.train.lr_rampdown == 0.25 and new.train.share_fakes is True and new.model.num_classes == 10
     assert new.train.mode_seeking == 0.5 and new.train.augment_shift == 0.25
+    assert new.train.pq_lr_mul == 3.0 and new.model.d.p_init_max == 2.0
     assert new.model.g.class_mod is True and new.model.g.latent_mod is True
 
 
