@@ -6,10 +6,14 @@ import argparse
 import errno
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import UserError
 from .io import storage_errno
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 def _add_bench(subparsers) -> None:
@@ -181,13 +185,10 @@ def _snapshot_data(generator):
 
 
 def _run_metrics(args: argparse.Namespace) -> int:
-    import json
+    import gc
 
-    from .config import apply_overrides
-    from .data import build_dataset
     from .metrics.protocol import parse_metric
     from .runtime import tune_cpu_allocator
-    from .snapshot import load_generator
 
     names = [n.strip() for n in args.metrics.split(",") if n.strip()]
     for name in names:
@@ -196,6 +197,23 @@ def _run_metrics(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
     state = Accelerator()  # reads the launcher's settings (PartialState alone misses ACCELERATE_USE_CPU)
+    try:
+        return _score(state, args, names)
+    finally:
+        # as the trainer's close(): with the generator, data and features freed (_score has returned), end the
+        # process group, so that no rank aborts at exit (seen: "terminate called without an active exception")
+        gc.collect()
+        state.end_training()
+
+
+def _score(state: Accelerator, args: argparse.Namespace, names: list[str]) -> int:
+    """``scs-gan metrics``' work on one process: score the snapshot, and print the results on the main one."""
+    import json
+
+    from .config import apply_overrides
+    from .data import build_dataset
+    from .snapshot import load_generator
+
     device = args.device or str(state.device)
     generator = load_generator(args.snapshot, device=device)
     data = apply_overrides(_snapshot_data(generator), args.overrides, prefix="data")
